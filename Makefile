@@ -1,0 +1,64 @@
+# django-channels-stack: the ops entry points. Each target is a thin call into
+# scripts/ so the logic lives in one place and can be run without make.
+SHELL := /bin/bash
+.DEFAULT_GOAL := help
+WS ?= 2
+export PATH := $(CURDIR)/.venv/bin:$(PATH)
+
+help: ## List the targets
+	@grep -hE '^[a-zA-Z_-]+:.*## ' $(MAKEFILE_LIST) | awk -F':.*## ' '{printf "  %-18s %s\n", $$1, $$2}'
+
+## --- the two commands -----------------------------------------------------
+up: env ## Build and start the stack in Docker, wait until healthy, print the URL
+	scripts/compose up
+
+test: deps ## Run every test suite (unit, native integration, browser, compose, k8s)
+	scripts/test all
+
+## --- settings ------------------------------------------------------------
+env: ## Create .env from .env.example, filling empty secrets with random values
+	scripts/env
+
+## --- compose operations --------------------------------------------------
+build: env ## Build the app image
+	scripts/compose build
+down: ## Stop the compose stack (keeps volumes)
+	scripts/compose down
+logs: ## Follow compose logs
+	scripts/compose logs
+ps: ## Show compose services
+	scripts/compose ps
+scale: ## Scale ws replicas: make scale WS=4
+	scripts/compose scale $(WS)
+migrate: ## Run migrations (compose)
+	scripts/compose migrate
+createsuperuser: ## Create a Django superuser (compose)
+	scripts/compose createsuperuser
+shell: ## Django shell inside the web container
+	scripts/compose shell
+
+## --- native stack (no Docker) --------------------------------------------
+deps: ## Install Debian packages and the Python venv
+	scripts/deps
+local: deps ## Start Postgres, Redis, gunicorn, WS_WORKERS daphne and nginx on loopback
+	scripts/local up
+local-down: ## Stop exactly what `make local` started
+	scripts/local down
+
+## --- kubernetes ----------------------------------------------------------
+k8s-render: ## Render every overlay with kubectl kustomize
+	scripts/k8s render
+k8s-validate: ## Render and validate every overlay offline (schemas + policy tests)
+	scripts/k8s validate
+k8s-apply: ## kubectl apply -k k8s/overlays/$(K8S_ENV) (default dev)
+	scripts/k8s apply $(or $(K8S_ENV),dev)
+
+## --- quality -------------------------------------------------------------
+test-faults: deps ## Fault suite: kill/SIGTERM workers, restart Redis/Postgres, reload nginx
+	scripts/test-faults
+soak: deps ## Hold N sockets for T minutes and report RSS growth per tier
+	scripts/soak
+bench: deps ## WebSocket fan-out benchmark (docs/benchmarks.md)
+	scripts/bench
+
+.PHONY: help up test env build down logs ps scale migrate createsuperuser shell deps local local-down k8s-render k8s-validate k8s-apply test-faults soak bench
