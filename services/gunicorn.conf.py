@@ -1,0 +1,55 @@
+"""gunicorn settings for the web tier (pages, admin, token API, static files).
+
+Loaded with ``gunicorn -c services/gunicorn.conf.py``. Every knob is an
+environment variable from .env.example so compose, k8s and the native runner
+tune the same file instead of forking command lines.
+"""
+import os
+
+
+def _int(name: str, default: int) -> int:
+    """Read an integer setting; a typo fails at boot with the variable's name."""
+    raw = os.environ.get(name, "").strip()
+    if not raw:
+        return default
+    try:
+        return int(raw)
+    except ValueError as exc:
+        raise SystemExit(f"gunicorn.conf.py: {name}={raw!r} is not an integer") from exc
+
+
+bind = f"{os.environ.get('BIND_HOST', '0.0.0.0')}:{_int('PORT', 8000)}"
+
+# gthread: a few processes with threads each keeps the DB pool small while a
+# slow request does not block the whole worker.
+worker_class = "gthread"
+workers = _int("WEB_CONCURRENCY", 2)
+threads = _int("WEB_THREADS", 4)
+timeout = _int("WEB_TIMEOUT", 30)
+graceful_timeout = _int("WEB_GRACEFUL_TIMEOUT", 20)
+keepalive = 5
+
+# Recycle workers now and then so a slow leak cannot grow forever; the jitter
+# keeps all workers from restarting at the same moment.
+max_requests = 2000
+max_requests_jitter = 200
+
+# Logs go to stdout/stderr: the container runtime (or the native runner's log
+# file) collects them. The access log is the proof a request reached gunicorn.
+accesslog = "-"
+errorlog = "-"
+loglevel = os.environ.get("LOG_LEVEL", "INFO").lower()
+access_log_format = '%(h)s "%(r)s" %(s)s %(b)s %(L)ss "%(a)s" gunicorn'
+
+# Which peers may set X-Forwarded-Proto/-For. Only nginx talks to gunicorn
+# (loopback natively, the pod/compose network otherwise), and nginx overwrites
+# X-Forwarded-For with the real client address, so trusting every peer here
+# is safe only because web is never published directly. Narrow it with
+# FORWARDED_ALLOW_IPS (gunicorn's own variable, not a project setting) when
+# the network is shared with untrusted clients.
+forwarded_allow_ips = os.environ.get("FORWARDED_ALLOW_IPS", "*")
+
+# The heartbeat file lives in RAM: a slow or read-only disk must not make the
+# arbiter think workers hung.
+if os.path.isdir("/dev/shm"):
+    worker_tmp_dir = "/dev/shm"

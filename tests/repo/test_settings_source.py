@@ -1,0 +1,47 @@
+"""One source of truth for settings: .env.example.
+
+These tests fail when a setting is read somewhere but not documented in
+.env.example, or when the README's settings table drifts from it.
+"""
+import pathlib
+import re
+import subprocess
+import sys
+
+ROOT = pathlib.Path(__file__).resolve().parents[2]
+
+
+def documented_keys():
+    text = (ROOT / ".env.example").read_text()
+    return set(re.findall(r"^#?\s*([A-Z][A-Z0-9_]+)=", text, flags=re.M))
+
+
+def test_every_documented_key_has_a_comment():
+    lines = (ROOT / ".env.example").read_text().splitlines()
+    undocumented = []
+    for i, line in enumerate(lines):
+        m = re.match(r"^([A-Z][A-Z0-9_]+)=", line)
+        if not m:
+            continue
+        # Walk up through the block of keys to the comment that describes it.
+        j = i - 1
+        while j >= 0 and re.match(r"^#?\s*[A-Z][A-Z0-9_]+=", lines[j]):
+            j -= 1
+        if j < 0 or not lines[j].startswith("#"):
+            undocumented.append(m.group(1))
+    assert undocumented == []
+
+
+def test_settings_module_reads_only_documented_keys():
+    settings = (ROOT / "django_app/config/settings.py").read_text()
+    read = set(re.findall(r"""env(?:\.\w+)?\(\s*["']([A-Z][A-Z0-9_]+)["']""", settings))
+    read |= set(re.findall(r"""environ(?:\.get)?\(\s*["']([A-Z][A-Z0-9_]+)["']""", settings))
+    read |= set(re.findall(r"""environ\[\s*["']([A-Z][A-Z0-9_]+)["']\]""", settings))
+    assert read, "found no environment reads in settings.py: the pattern above is stale"
+    assert read - documented_keys() == set()
+
+
+def test_readme_settings_table_is_generated_from_env_example():
+    result = subprocess.run([sys.executable, str(ROOT / "scripts/settings-table"), "--check"],
+                            capture_output=True, text=True)
+    assert result.returncode == 0, result.stderr
