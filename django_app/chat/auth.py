@@ -1,0 +1,69 @@
+"""WebSocket authentication: ?token= first, the Django session otherwise.
+
+A token that is present is authoritative: if it is bad we do NOT fall back to
+the session cookie, because a client that sends a token expects to act as the
+token's user, and silently switching identity would be worse than refusing.
+The consumer turns scope["token_error"] into close 4401 after accepting, so
+the client can see why.
+"""
+import logging
+from urllib.parse import parse_qs
+
+from channels.auth import AuthMiddleware
+from channels.db import database_sync_to_async
+from channels.middleware import BaseMiddleware
+from channels.sessions import CookieMiddleware, SessionMiddleware
+from django.contrib.auth.models import AnonymousUser
+
+from . import tokens
+
+logger = logging.getLogger(__name__)
+
+
+def query_params(scope) -> dict[str, list[str]]:
+    raw = scope.get("query_string", b"")
+    try:
+        return parse_qs(raw.decode("latin-1"), keep_blank_values=True)
+    except ValueError:
+        return {}
+
+
+@database_sync_to_async
+def _verify(token):
+    return tokens.verify(token)
+
+
+class TokenAuthMiddleware(BaseMiddleware):
+    async def __call__(self, scope, receive, send):
+        params = query_params(scope)
+        if "token" in params:
+            scope = dict(scope)
+            scope["token_auth"] = True
+            try:
+                scope["user"] = await _verify(params["token"][0])
+            except tokens.TokenError as exc:
+                logger.warning("ws token refused: %s path=%s", exc.reason, scope.get("path"))
+                scope["user"] = AnonymousUser()
+                scope["token_error"] = exc.reason
+        return await super().__call__(scope, receive, send)
+
+
+class SessionAuthMiddleware(AuthMiddleware):
+    """channels' AuthMiddleware, except it leaves a token-resolved user alone.
+
+    Stock AuthMiddleware resolves the session user into scope["user"] whenever it
+    runs; with a token in play that would be a second (and contradictory) identity.
+    """
+
+    async def __call__(self, scope, receive, send):
+        if scope.get("token_auth"):
+            return await self.inner(scope, receive, send)
+        return await super().__call__(scope, receive, send)
+
+
+def AuthMiddlewareStack(inner):
+    return CookieMiddleware(SessionMiddleware(SessionAuthMiddleware(inner)))
+
+
+def TokenAuthMiddlewareStack(inner):
+    return TokenAuthMiddleware(AuthMiddlewareStack(inner))

@@ -1,0 +1,242 @@
+"""The chat WebSocket consumer: the hot path of the whole stack.
+
+Flow of one message: receive() validates and rate-limits, persists FIRST (so an
+id exists only for stored messages), then publishes the already-serialised JSON
+once to the room group (Redis pub/sub). Every worker's chat_message() hands that
+text to its sockets, filling gaps from Postgres so each socket sees every id
+exactly once, in order, whichever worker published it and whatever Redis lost.
+"""
+import json
+import logging
+import os
+import socket
+import time
+
+from channels.consumer import get_handler_name
+from channels.db import database_sync_to_async
+from channels.exceptions import StopConsumer
+from channels.generic.websocket import AsyncWebsocketConsumer
+from django.conf import settings
+from django.utils.crypto import salted_hmac
+
+from . import protocol, registry, store
+from .auth import query_params
+
+logger = logging.getLogger(__name__)
+
+_persist = database_sync_to_async(store.persist)
+_between = database_sync_to_async(store.between)
+_snapshot = database_sync_to_async(store.snapshot)
+
+
+def worker_id() -> str:
+    return f"{socket.gethostname()}:{os.getpid()}"
+
+
+def anon_name(scope) -> str:
+    """A stable pseudonym: same session (or same client address) → same name.
+
+    Keyed with SECRET_KEY so the name reveals nothing about the session key.
+    """
+    session = scope.get("session")
+    key = getattr(session, "session_key", None) if session is not None else None
+    if key:
+        basis = f"session:{key}"
+    else:
+        host, port = (scope.get("client") or ("?", "?"))[:2]
+        basis = f"client:{host}:{port}"
+    return "anon-" + salted_hmac("chat.anon-name", basis).hexdigest()[:4]
+
+
+def group_name(room: str) -> str:
+    return f"room.{room}"
+
+
+class TokenBucket:
+    """Per-connection rate limit; monotonic clock so wall-clock jumps don't matter."""
+
+    __slots__ = ("rate", "burst", "tokens", "stamp")
+
+    def __init__(self, rate: float, burst: int):
+        self.rate, self.burst = rate, burst
+        self.tokens, self.stamp = float(burst), time.monotonic()
+
+    def take(self) -> bool:
+        now = time.monotonic()
+        self.tokens = min(self.burst, self.tokens + (now - self.stamp) * self.rate)
+        self.stamp = now
+        if self.tokens >= 1:
+            self.tokens -= 1
+            return True
+        return False
+
+
+class ChatConsumer(AsyncWebsocketConsumer):
+    room = None
+    group = None
+    last_id = 0
+    closed = False
+
+    async def dispatch(self, message):
+        """Route to the handler WITHOUT channels' per-message aclose_old_connections.
+
+        Channels >= 4.2 awaits aclose_old_connections() (a hop to a worker thread)
+        before every handler, i.e. once per socket per broadcast message: under
+        fan-out that thread hop dominates the cost. It is redundant here because
+        every DB access goes through database_sync_to_async, whose thread wrapper
+        already closes stale connections before and after each call.
+
+        Errors in one frame are logged and swallowed so one bad event cannot take
+        the socket (or the worker's other sockets) down.
+        """
+        handler = getattr(self, get_handler_name(message), None)
+        if handler is None:
+            logger.error("ws no handler for event type %r", message.get("type"))
+            return
+        try:
+            await handler(message)
+        except StopConsumer:
+            raise
+        except Exception:
+            logger.exception("ws handler %s failed room=%s", message.get("type"), self.room)
+
+    async def _refuse(self, code: int, reason: str):
+        """Accept then close so browsers see the close code (a rejected handshake hides it)."""
+        logger.info("ws refused code=%s reason=%s path=%s", code, reason, self.scope.get("path"))
+        self.closed = True
+        await self.accept()
+        await self.close(code=code)
+
+    async def connect(self):
+        self.room = self.scope["url_route"]["kwargs"].get("room", "")
+        if registry.state.draining:
+            return await self._refuse(protocol.CLOSE_RESTART, "draining")
+        if not protocol.valid_room(self.room):
+            return await self._refuse(protocol.CLOSE_BAD_ROOM, "invalid room name")
+        after = None
+        raw_after = query_params(self.scope).get("after")
+        if raw_after is not None:
+            value = raw_after[0]
+            if not (value.isascii() and value.isdigit()) or len(value) > 18:
+                return await self._refuse(protocol.CLOSE_BAD_ROOM, "invalid after")
+            after = int(value)
+        if self.scope.get("token_error"):
+            return await self._refuse(protocol.CLOSE_UNAUTHORIZED, f"token {self.scope['token_error']}")
+        user = self.scope.get("user")
+        authenticated = bool(user is not None and user.is_authenticated)
+        if not authenticated and not settings.CHAT_ALLOW_ANONYMOUS:
+            return await self._refuse(protocol.CLOSE_UNAUTHORIZED, "anonymous not allowed")
+        self.user_id = user.pk if authenticated else None
+        self.username = user.get_username() if authenticated else anon_name(self.scope)
+        self.bucket = TokenBucket(settings.CHAT_RATE_PER_SEC, settings.CHAT_RATE_BURST)
+        self.violations = 0
+        try:
+            # Join BEFORE reading history: anything published meanwhile is queued
+            # and then de-duplicated against the snapshot position.
+            await self.channel_layer.group_add(group_name(self.room), self.channel_name)
+            self.group = group_name(self.room)
+            history, position = await _snapshot(
+                self.room, after, settings.CHAT_HISTORY_SIZE, settings.CHAT_RESUME_MAX
+            )
+        except Exception:
+            logger.exception("ws connect failed (Redis or Postgres) room=%s", self.room)
+            return await self._refuse(protocol.CLOSE_OVERLOADED, "backend unavailable")
+        await self.accept()
+        registry.live.add(self)
+        self.last_id = position
+        await self.send(
+            text_data=protocol.welcome(worker_id(), self.username, self.room, history, position)
+        )
+
+    async def disconnect(self, code):
+        registry.live.discard(self)
+        self.closed = True
+        if self.group:
+            group, self.group = self.group, None
+            try:
+                await self.channel_layer.group_discard(group, self.channel_name)
+            except Exception:
+                logger.warning("ws group_discard failed room=%s", self.room, exc_info=True)
+
+    async def _error(self, code: str, detail: str):
+        await self.send(text_data=protocol.error(code, detail))
+
+    async def receive(self, text_data=None, bytes_data=None):
+        if self.closed:
+            return
+        if not self.bucket.take():
+            self.violations += 1
+            await self._error(protocol.ERR_RATE_LIMITED, "too many messages; slow down")
+            if self.violations >= settings.CHAT_RATE_MAX_VIOLATIONS:
+                logger.warning("ws rate limit close user=%s room=%s", self.username, self.room)
+                self.closed = True
+                await self.close(code=protocol.CLOSE_RATE_LIMIT)
+            return
+        if text_data is None:
+            return await self._error(protocol.ERR_BAD_TYPE, "binary frames are not accepted; send JSON text")
+        try:
+            data = json.loads(text_data)
+        except ValueError:
+            return await self._error(protocol.ERR_BAD_JSON, "frame is not valid JSON")
+        if not isinstance(data, dict):
+            return await self._error(protocol.ERR_BAD_TYPE, 'expected a JSON object {"message": "..."}')
+        if "message" not in data:
+            return await self._error(protocol.ERR_MISSING_FIELD, 'field "message" is required')
+        text = data["message"]
+        if not isinstance(text, str):
+            return await self._error(protocol.ERR_BAD_TYPE, 'field "message" must be a string')
+        text = text.strip()
+        if not text:
+            return await self._error(protocol.ERR_EMPTY, "message is empty")
+        limit = settings.CHAT_MAX_MESSAGE_CHARS
+        if len(text) > limit:
+            return await self._error(protocol.ERR_TOO_LONG, f"message longer than {limit} characters")
+        try:
+            msg = await _persist(self.room, self.user_id, self.username, text)
+        except Exception:
+            logger.exception("ws persist failed room=%s", self.room)
+            return await self._error(protocol.ERR_UNAVAILABLE, "message not stored; try again later")
+        payload = protocol.dumps(msg)
+        try:
+            await self.channel_layer.group_send(
+                self.group, {"type": "chat.message", "id": msg["id"], "text": payload}
+            )
+        except Exception:
+            # Stored but not broadcast: the sender still sees it; others catch up
+            # through gap-fill on the next message or resume on reconnect.
+            logger.warning("ws group_send failed room=%s id=%s", self.room, msg["id"], exc_info=True)
+            await self._deliver(msg["id"], payload)
+
+    async def chat_message(self, event):
+        if self.closed:
+            return
+        try:
+            await self._deliver(event["id"], event["text"])
+        except Exception:
+            # Without the missing ids we cannot keep the in-order promise: make the
+            # client reconnect and resume from what it has.
+            logger.exception("ws delivery failed room=%s id=%s", self.room, event.get("id"))
+            self.closed = True
+            await self.close(code=protocol.CLOSE_OVERLOADED)
+
+    async def _deliver(self, msg_id: int, text: str):
+        if msg_id <= self.last_id:
+            return
+        if msg_id > self.last_id + 1:
+            for missing in await _between(self.room, self.last_id + 1, msg_id - 1):
+                if missing["id"] == self.last_id + 1:
+                    await self.send(text_data=protocol.dumps(missing))
+                    self.last_id = missing["id"]
+            if self.last_id != msg_id - 1:
+                raise RuntimeError(f"gap fill incomplete: have {self.last_id}, need {msg_id - 1}")
+        await self.send(text_data=text)
+        self.last_id = msg_id
+
+
+class NotFoundConsumer(AsyncWebsocketConsumer):
+    """Any other WebSocket path: accept + 4404 so the client sees a clear reason."""
+
+    async def connect(self):
+        logger.info("ws unknown path %s", self.scope.get("path"))
+        await self.accept()
+        await self.close(code=protocol.CLOSE_NOT_FOUND)

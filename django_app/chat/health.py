@@ -1,0 +1,71 @@
+"""Dependency probes shared by the web /readyz view and the ws worker /readyz.
+
+Each probe has a short timeout and returns None when healthy or a short reason
+string otherwise: readiness must answer quickly, never hang on a dead backend.
+"""
+import psycopg
+import redis
+import redis.asyncio as aioredis
+from django.conf import settings
+
+TIMEOUT = 2.0
+
+
+def channel_layer_redis_url() -> str:
+    return settings.CHANNEL_LAYERS["default"]["CONFIG"]["hosts"][0]["address"]
+
+
+def _describe(exc: Exception) -> str:
+    return f"{type(exc).__name__}: {exc}"[:200]
+
+
+def redis_sync(url: str | None = None) -> str | None:
+    client = redis.Redis.from_url(
+        url or settings.REDIS_URL, socket_timeout=TIMEOUT, socket_connect_timeout=TIMEOUT
+    )
+    try:
+        client.ping()
+        return None
+    except Exception as exc:
+        return _describe(exc)
+    finally:
+        client.close()
+
+
+async def redis_async(url: str | None = None) -> str | None:
+    client = aioredis.Redis.from_url(
+        url or channel_layer_redis_url(), socket_timeout=TIMEOUT, socket_connect_timeout=TIMEOUT
+    )
+    try:
+        await client.ping()
+        return None
+    except Exception as exc:
+        return _describe(exc)
+    finally:
+        await client.aclose()
+
+
+def database() -> str | None:
+    """SELECT 1 over a fresh connection with connect_timeout.
+
+    Deliberately not through Django's pool: a pool checkout waits DB_POOL_TIMEOUT
+    (10 s) when the database is gone, far longer than a probe may take.
+    """
+    db = settings.DATABASES["default"]
+    kwargs = {
+        "host": db.get("HOST") or None,
+        "port": db.get("PORT") or None,
+        "user": db.get("USER") or None,
+        "password": db.get("PASSWORD") or None,
+        "dbname": db.get("NAME"),
+        "connect_timeout": max(2, int(TIMEOUT)),
+    }
+    for key, value in db.get("OPTIONS", {}).items():
+        if key != "pool" and isinstance(value, (str, int)):
+            kwargs[key] = value
+    try:
+        with psycopg.connect(**{k: v for k, v in kwargs.items() if v is not None}) as conn:
+            conn.execute("SELECT 1")
+        return None
+    except Exception as exc:
+        return _describe(exc)

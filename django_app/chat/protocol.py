@@ -1,0 +1,68 @@
+"""The WebSocket wire format in one place (docs/architecture.md, "WebSocket protocol").
+
+Consumers, tests and the JS client all agree on these names; change them here
+and in the docs together.
+"""
+import json
+import re
+
+ROOM_RE = re.compile(r"^[A-Za-z0-9_-]{1,64}$")
+
+# Close codes (application range 4000-4999 mirrors HTTP statuses for readability).
+CLOSE_BAD_ROOM = 4400
+CLOSE_UNAUTHORIZED = 4401
+CLOSE_ORIGIN = 4403
+CLOSE_NOT_FOUND = 4404
+CLOSE_RATE_LIMIT = 4429
+CLOSE_RESTART = 1012
+CLOSE_OVERLOADED = 1013
+
+# chat.error codes: the socket stays open after each of these.
+ERR_BAD_JSON = "bad_json"
+ERR_BAD_TYPE = "bad_type"
+ERR_MISSING_FIELD = "missing_field"
+ERR_EMPTY = "empty"
+ERR_TOO_LONG = "too_long"
+ERR_RATE_LIMITED = "rate_limited"
+ERR_UNAVAILABLE = "unavailable"
+
+MESSAGE = "chat.message"
+WELCOME = "chat.welcome"
+ERROR = "chat.error"
+
+
+def valid_room(name: str) -> bool:
+    return bool(ROOM_RE.fullmatch(name or ""))
+
+
+def dumps(obj) -> str:
+    # Compact separators: this text is what goes over the wire to every socket.
+    return json.dumps(obj, separators=(",", ":"), ensure_ascii=False)
+
+
+def message_dict(msg_id, room, username, text, ts) -> dict:
+    return {
+        "type": MESSAGE,
+        "id": msg_id,
+        "room": room,
+        "username": username,
+        "message": text,
+        "ts": ts,
+    }
+
+
+def welcome(worker, user, room, history, last_id) -> str:
+    return dumps(
+        {
+            "type": WELCOME,
+            "worker": worker,
+            "user": user,
+            "room": room,
+            "history": history,
+            "last_id": last_id,
+        }
+    )
+
+
+def error(code: str, detail: str) -> str:
+    return dumps({"type": ERROR, "code": code, "detail": detail})

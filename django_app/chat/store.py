@@ -1,0 +1,82 @@
+"""Message persistence: the only code that writes or reads chat history.
+
+Ids are allocated by an UPSERT on the room row inside the same transaction as
+the insert. The row lock serialises writers per room, so ids are dense and
+commit in id order: when id N is visible, every id < N is visible too. The
+consumer's gap-fill relies on exactly that.
+"""
+from datetime import timezone
+
+from django.db import connection, transaction
+
+from . import protocol
+from .models import Message
+
+_ALLOCATE_SQL = (
+    "INSERT INTO chat_room (name, last_id) VALUES (%s, 1) "
+    "ON CONFLICT (name) DO UPDATE SET last_id = chat_room.last_id + 1 "
+    "RETURNING id, last_id"
+)
+
+
+def _ts(dt) -> str:
+    return dt.astimezone(timezone.utc).isoformat(timespec="milliseconds").replace("+00:00", "Z")
+
+
+def _wire(room: str, seq, username, body, created_at) -> dict:
+    return protocol.message_dict(seq, room, username, body, _ts(created_at))
+
+
+def persist(room: str, user_id, username: str, text: str) -> dict:
+    with transaction.atomic():
+        with connection.cursor() as cur:
+            cur.execute(_ALLOCATE_SQL, [room])
+            room_pk, seq = cur.fetchone()
+        msg = Message.objects.create(
+            room_id=room_pk, seq=seq, user_id=user_id, username=username, body=text
+        )
+    return _wire(room, seq, username, text, msg.created_at)
+
+
+def _rows(qs, room):
+    return [
+        _wire(room, seq, username, body, created_at)
+        for seq, username, body, created_at in qs.values_list("seq", "username", "body", "created_at")
+    ]
+
+
+def history(room: str, limit: int) -> list[dict]:
+    """The last `limit` messages, oldest first."""
+    qs = Message.objects.filter(room__name=room).order_by("-seq")[:limit]
+    return list(reversed(_rows(qs, room)))
+
+
+def since(room: str, after: int, limit: int) -> list[dict]:
+    """Messages with id > after, oldest first, at most `limit` (resume)."""
+    qs = Message.objects.filter(room__name=room, seq__gt=after).order_by("seq")[:limit]
+    return _rows(qs, room)
+
+
+def between(room: str, lo: int, hi: int) -> list[dict]:
+    """Messages lo..hi inclusive, oldest first (gap fill)."""
+    qs = Message.objects.filter(room__name=room, seq__gte=lo, seq__lte=hi).order_by("seq")
+    return _rows(qs, room)
+
+
+def last_id(room: str) -> int:
+    from .models import Room
+
+    return Room.objects.filter(name=room).values_list("last_id", flat=True).first() or 0
+
+
+def snapshot(room: str, after, history_size: int, resume_max: int) -> tuple[list[dict], int]:
+    """Welcome history and the socket's starting position, read in one transaction.
+
+    The position is the last id handed to the client: the newest history entry,
+    or the room's counter when there is nothing to send (so a client whose
+    ?after= is ahead of a reset database learns the real position).
+    """
+    with transaction.atomic():
+        rows = history(room, history_size) if after is None else since(room, after, resume_max)
+        position = rows[-1]["id"] if rows else last_id(room)
+    return rows, position

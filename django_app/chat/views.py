@@ -1,0 +1,45 @@
+"""Pages and probes of the web tier (gunicorn)."""
+from django import forms
+from django.http import Http404, HttpResponse, JsonResponse
+from django.shortcuts import redirect, render
+from django.views.decorators.cache import never_cache
+from django.views.decorators.http import require_GET
+
+from . import health, protocol
+
+
+@require_GET
+@never_cache
+def healthz(request):
+    """Liveness: touches nothing, so a sick dependency never gets the web pods killed."""
+    return HttpResponse("ok", content_type="text/plain")
+
+
+@require_GET
+@never_cache
+def readyz(request):
+    checks = {"db": health.database() or "ok", "redis": health.redis_sync() or "ok"}
+    ok = all(value == "ok" for value in checks.values())
+    return JsonResponse({"status": "ok" if ok else "error", "checks": checks}, status=200 if ok else 503)
+
+
+class RoomForm(forms.Form):
+    room = forms.RegexField(
+        regex=protocol.ROOM_RE,
+        max_length=64,
+        error_messages={"invalid": "Use 1-64 letters, digits, '-' or '_'."},
+    )
+
+
+def index(request):
+    form = RoomForm(request.POST or None)
+    if request.method == "POST" and form.is_valid():
+        return redirect("chat:room", room=form.cleaned_data["room"])
+    return render(request, "chat/index.html", {"form": form})
+
+
+@require_GET
+def room(request, room):
+    if not protocol.valid_room(room):
+        raise Http404("invalid room name")
+    return render(request, "chat/room.html", {"room": room})

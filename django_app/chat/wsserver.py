@@ -1,0 +1,103 @@
+"""`python -m chat.wsserver [daphne args] config.asgi:application`: daphne with a drain.
+
+Stock daphne stops the reactor on SIGTERM and cancels every application, so
+clients see an abnormal close (1006) and cannot tell a deploy from a crash.
+This wrapper drains instead: mark the worker draining (/readyz → 503, new
+handshakes closed with 1012), close every live socket with 1012 ("restarting,
+reconnect now"), wait until they have left their groups or WS_DRAIN_SECONDS
+passes, then stop. Clients reconnect to another worker and resume with ?after=.
+"""
+import asyncio
+import logging
+import signal
+import time
+
+from daphne.cli import CommandLineInterface
+from daphne.server import Server
+from daphne.ws_protocol import WebSocketProtocol
+from twisted.internet import reactor
+
+logger = logging.getLogger("chat.wsserver")
+
+POLL_SECONDS = 0.05
+
+
+class RestartCloseProtocol(WebSocketProtocol):
+    """Lets the app close with 1011/1012/1013.
+
+    Autobahn's sendClose() only accepts 1000 and 3000-4999, yet 1012 (service
+    restart) and 1013 (try again later) are IANA-registered codes that clients
+    act on (reconnect now / back off). The frame itself is valid per RFC 6455.
+    """
+
+    SERVER_CODES = frozenset({1011, 1012, 1013})
+
+    def serverClose(self, code=None):
+        if code in self.SERVER_CODES:
+            self.sendCloseFrame(code=code, isReply=False)
+        else:
+            super().serverClose(code)
+
+
+class DrainingServer(Server):
+    def __init__(self, *args, **kwargs):
+        # Our own handlers replace Twisted's (which would stop the reactor at once).
+        kwargs["signal_handlers"] = False
+        super().__init__(*args, **kwargs)
+        self._drain_task = None
+
+    def run(self):
+        reactor.callWhenRunning(self._install_signal_handlers)
+        super().run()
+
+    def _install_signal_handlers(self):
+        # Runs once the reactor is up, i.e. after run() built the factory.
+        self.ws_factory.protocol = RestartCloseProtocol
+        loop = asyncio.get_event_loop()
+        for sig in (signal.SIGTERM, signal.SIGINT):
+            loop.add_signal_handler(sig, self._on_signal, sig)
+
+    def _on_signal(self, sig):
+        if self._drain_task is not None:
+            logger.warning("drain: second %s, stopping now", signal.Signals(sig).name)
+            self.stop()
+            return
+        logger.info("drain: %s received", signal.Signals(sig).name)
+        self._drain_task = asyncio.ensure_future(self.drain())
+
+    async def drain(self):
+        from django.conf import settings
+
+        from chat import protocol, registry
+
+        try:
+            registry.state.draining = True
+            consumers = list(registry.live)
+            logger.info("drain: closing %d socket(s) with %d", len(consumers), protocol.CLOSE_RESTART)
+            for consumer in consumers:
+                try:
+                    consumer.closed = True
+                    await consumer.close(code=protocol.CLOSE_RESTART)
+                except Exception:
+                    logger.warning("drain: close failed", exc_info=True)
+            deadline = time.monotonic() + settings.WS_DRAIN_SECONDS
+            while registry.count() and time.monotonic() < deadline:
+                await asyncio.sleep(POLL_SECONDS)
+            left = registry.count()
+            if left:
+                logger.warning("drain: %d socket(s) still open after %ss", left, settings.WS_DRAIN_SECONDS)
+            else:
+                logger.info("drain: every socket closed and left its group")
+        except Exception:
+            logger.exception("drain failed")
+        finally:
+            logger.info("drain: stopping the server")
+            self.stop()
+
+
+class DrainingCommandLineInterface(CommandLineInterface):
+    server_class = DrainingServer
+
+
+if __name__ == "__main__":
+    DrainingCommandLineInterface.entrypoint()

@@ -1,0 +1,199 @@
+"""Settings for every tier, read ONLY from the process environment.
+
+The names and defaults mirror .env.example (the single source of truth). We never
+read a .env file here: compose, k8s and the native runner inject the environment,
+so a stray file on disk cannot silently change production behaviour.
+"""
+from pathlib import Path
+from urllib.parse import quote
+
+import environ
+from django.core.exceptions import ImproperlyConfigured
+
+BASE_DIR = Path(__file__).resolve().parent.parent
+
+env = environ.Env()
+
+# --- core -------------------------------------------------------------------
+DEBUG = env.bool("DEBUG", default=False)
+SECRET_KEY = env.str("DJANGO_SECRET_KEY", default="")
+if not SECRET_KEY:
+    if not DEBUG:
+        raise ImproperlyConfigured(
+            "DJANGO_SECRET_KEY is empty: set it in the environment (`make env` "
+            "generates one), or set DEBUG=true for a throw-away development key."
+        )
+    SECRET_KEY = "insecure-debug-only-key-never-use-in-production"
+
+ALLOWED_HOSTS = env.list("ALLOWED_HOSTS", default=["localhost", "127.0.0.1"])
+CSRF_TRUSTED_ORIGINS = env.list(
+    "CSRF_TRUSTED_ORIGINS", default=["http://localhost:8080", "http://127.0.0.1:8080"]
+)
+
+INSTALLED_APPS = [
+    "daphne",
+    "channels",
+    "chat",
+    "django.contrib.admin",
+    "django.contrib.auth",
+    "django.contrib.contenttypes",
+    "django.contrib.sessions",
+    "django.contrib.messages",
+    "django.contrib.staticfiles",
+]
+
+MIDDLEWARE = [
+    "django.middleware.security.SecurityMiddleware",
+    "whitenoise.middleware.WhiteNoiseMiddleware",
+    "django.contrib.sessions.middleware.SessionMiddleware",
+    "django.middleware.common.CommonMiddleware",
+    "django.middleware.csrf.CsrfViewMiddleware",
+    "django.contrib.auth.middleware.AuthenticationMiddleware",
+    "django.contrib.messages.middleware.MessageMiddleware",
+    "django.middleware.clickjacking.XFrameOptionsMiddleware",
+]
+
+ROOT_URLCONF = "config.urls"
+WSGI_APPLICATION = "config.wsgi.application"
+ASGI_APPLICATION = "config.asgi.application"
+
+TEMPLATES = [
+    {
+        "BACKEND": "django.template.backends.django.DjangoTemplates",
+        "DIRS": [],
+        "APP_DIRS": True,
+        "OPTIONS": {
+            "context_processors": [
+                "django.template.context_processors.request",
+                "django.contrib.auth.context_processors.auth",
+                "django.contrib.messages.context_processors.messages",
+            ],
+        },
+    },
+]
+
+LANGUAGE_CODE = "en-us"
+TIME_ZONE = "UTC"
+USE_I18N = True
+USE_TZ = True
+DEFAULT_AUTO_FIELD = "django.db.models.BigAutoField"
+LOGIN_URL = "/accounts/login/"
+LOGIN_REDIRECT_URL = "/"
+LOGOUT_REDIRECT_URL = "/"
+
+# --- TLS (terminated by nginx / the ingress in front of us) ----------------
+DJANGO_TLS = env.bool("DJANGO_TLS", default=False)
+if DJANGO_TLS:
+    SECURE_PROXY_SSL_HEADER = ("HTTP_X_FORWARDED_PROTO", "https")
+    SESSION_COOKIE_SECURE = True
+    CSRF_COOKIE_SECURE = True
+    SECURE_HSTS_SECONDS = env.int("DJANGO_HSTS_SECONDS", default=31536000)
+    # The proxy terminates TLS and redirects plain HTTP itself; redirecting here
+    # too would loop whenever X-Forwarded-Proto is missing (health probes).
+    SECURE_SSL_REDIRECT = False
+    # Subdomain/preload HSTS policy belongs to whoever owns the parent domain.
+    SILENCED_SYSTEM_CHECKS = ["security.W008", "security.W005", "security.W021"]
+
+# --- Postgres (psycopg 3 with Django's connection pool) ---------------------
+_pool = {
+    "min_size": env.int("DB_POOL_MIN_SIZE", default=1),
+    "max_size": env.int("DB_POOL_MAX_SIZE", default=10),
+    "timeout": env.float("DB_POOL_TIMEOUT", default=10),
+}
+if env.str("DATABASE_URL", default=""):
+    _db = env.db_url("DATABASE_URL")
+else:
+    _db = {
+        "ENGINE": "django.db.backends.postgresql",
+        "HOST": env.str("POSTGRES_HOST", default="db"),
+        "PORT": env.str("POSTGRES_PORT", default="5432"),
+        "USER": env.str("POSTGRES_USER", default="chat"),
+        "PASSWORD": env.str("POSTGRES_PASSWORD", default=""),
+        "NAME": env.str("POSTGRES_DB", default="chat"),
+    }
+_db["ENGINE"] = "django.db.backends.postgresql"
+# The pool owns connection reuse; Django requires CONN_MAX_AGE=0 with it.
+_db["CONN_MAX_AGE"] = 0
+_db["OPTIONS"] = {**_db.get("OPTIONS", {}), "pool": _pool}
+DATABASES = {"default": _db}
+
+# --- Redis (channel layer) --------------------------------------------------
+REDIS_URL = env.str("REDIS_URL", default="")
+if not REDIS_URL:
+    _redis_password = env.str("REDIS_PASSWORD", default="")
+    _redis_auth = f":{quote(_redis_password, safe='')}@" if _redis_password else ""
+    REDIS_URL = "redis://{auth}{host}:{port}/{db}".format(
+        auth=_redis_auth,
+        host=env.str("REDIS_HOST", default="redis"),
+        port=env.int("REDIS_PORT", default=6379),
+        db=env.int("REDIS_DB", default=0),
+    )
+
+CHANNEL_LAYERS = {
+    "default": {
+        "BACKEND": "channels_redis.pubsub.RedisPubSubChannelLayer",
+        "CONFIG": {
+            "hosts": [
+                {
+                    "address": REDIS_URL,
+                    # redis-py 8 turns an idle subscriber read into a timeout after
+                    # 5 s and channels_redis then drops messages (channels_redis#422).
+                    "socket_timeout": None,
+                    "socket_connect_timeout": 5,
+                    # Detects a half-dead connection on an otherwise idle subscriber.
+                    "health_check_interval": 30,
+                }
+            ],
+            "prefix": env.str("CHANNEL_LAYER_PREFIX", default="chat"),
+        },
+    }
+}
+
+# --- static files (whitenoise serves them from gunicorn) --------------------
+STATIC_URL = "/static/"
+STATIC_ROOT = BASE_DIR / "staticfiles"
+STORAGES = {
+    "default": {"BACKEND": "django.core.files.storage.FileSystemStorage"},
+    "staticfiles": {"BACKEND": "whitenoise.storage.CompressedManifestStaticFilesStorage"},
+}
+
+# --- chat behaviour ---------------------------------------------------------
+CHAT_ALLOW_ANONYMOUS = env.bool("CHAT_ALLOW_ANONYMOUS", default=True)
+WS_ALLOW_MISSING_ORIGIN = env.bool("WS_ALLOW_MISSING_ORIGIN", default=True)
+CHAT_MAX_MESSAGE_CHARS = env.int("CHAT_MAX_MESSAGE_CHARS", default=2000)
+CHAT_HISTORY_SIZE = env.int("CHAT_HISTORY_SIZE", default=50)
+CHAT_RESUME_MAX = env.int("CHAT_RESUME_MAX", default=1000)
+CHAT_RATE_PER_SEC = env.float("CHAT_RATE_PER_SEC", default=5)
+CHAT_RATE_BURST = env.int("CHAT_RATE_BURST", default=20)
+CHAT_RATE_MAX_VIOLATIONS = env.int("CHAT_RATE_MAX_VIOLATIONS", default=20)
+TOKEN_TTL_HOURS = env.int("TOKEN_TTL_HOURS", default=720)
+WS_PING_INTERVAL = env.int("WS_PING_INTERVAL", default=20)
+WS_PING_TIMEOUT = env.int("WS_PING_TIMEOUT", default=30)
+WS_MAX_MESSAGE_BYTES = env.int("WS_MAX_MESSAGE_BYTES", default=65536)
+WS_DRAIN_SECONDS = env.float("WS_DRAIN_SECONDS", default=10)
+WS_APP_CLOSE_TIMEOUT = env.int("WS_APP_CLOSE_TIMEOUT", default=10)
+
+# --- logging ------------------------------------------------------------------
+LOG_LEVEL = env.str("LOG_LEVEL", default="INFO").upper()
+LOGGING = {
+    "version": 1,
+    "disable_existing_loggers": False,
+    "filters": {"redact_tokens": {"()": "chat.logfilters.RedactTokens"}},
+    "formatters": {
+        "plain": {"format": "%(asctime)s %(levelname)s %(name)s %(process)d %(message)s"}
+    },
+    "handlers": {
+        "stdout": {
+            "class": "logging.StreamHandler",
+            "stream": "ext://sys.stdout",
+            "formatter": "plain",
+            "filters": ["redact_tokens"],
+        }
+    },
+    "root": {"handlers": ["stdout"], "level": LOG_LEVEL},
+    "loggers": {
+        "django": {"level": LOG_LEVEL, "propagate": True},
+        "daphne": {"level": LOG_LEVEL, "propagate": True},
+        "chat": {"level": LOG_LEVEL, "propagate": True},
+    },
+}

@@ -1,0 +1,160 @@
+"""Web tier views (pages, probes, token API) through Django's test client: real DB, real Redis."""
+import json
+
+import pytest
+from django.test import Client
+
+from chat import tokens
+from chat.models import ApiToken
+
+from .conftest import free_port
+
+pytestmark = pytest.mark.django_db(transaction=True)
+
+
+def test_healthz_is_plain_ok():
+    resp = Client().get("/healthz")
+    assert resp.status_code == 200 and resp.content == b"ok"
+
+
+def test_readyz_ok_when_db_and_redis_answer():
+    resp = Client().get("/readyz")
+    assert resp.status_code == 200
+    assert resp.json() == {"status": "ok", "checks": {"db": "ok", "redis": "ok"}}
+
+
+def test_readyz_503_when_redis_unreachable(settings):
+    settings.REDIS_URL = f"redis://127.0.0.1:{free_port()}/0"
+    resp = Client().get("/readyz")
+    assert resp.status_code == 503
+    body = resp.json()
+    assert body["checks"]["db"] == "ok" and body["checks"]["redis"] != "ok"
+
+
+def test_readyz_503_when_redis_password_wrong(settings):
+    from urllib.parse import urlsplit
+
+    real = urlsplit(settings.REDIS_URL)
+    settings.REDIS_URL = f"redis://:wrong-password@{real.hostname}:{real.port}/0"
+    resp = Client().get("/readyz")
+    assert resp.status_code == 503 and resp.json()["checks"]["redis"] != "ok"
+
+
+def test_index_redirects_to_room():
+    client = Client()
+    assert client.get("/").status_code == 200
+    resp = client.post("/", {"room": "general"})
+    assert resp.status_code == 302 and resp["Location"] == "/chat/general/"
+
+
+def test_index_rejects_bad_room_name():
+    resp = Client().post("/", {"room": "no spaces"})
+    assert resp.status_code == 200 and b"letters, digits" in resp.content
+
+
+def test_room_page_links_hashed_static_and_room_name():
+    resp = Client().get("/chat/general/")
+    assert resp.status_code == 200
+    html = resp.content.decode()
+    assert 'id="room-name"' in html and '"general"' in html
+    assert "/static/chat/chat." in html and "/static/chat/chat.js" not in html  # manifest-hashed
+
+
+def test_static_file_is_served_by_whitenoise(collected_static):
+    import re
+
+    html = Client().get("/chat/general/").content.decode()
+    src = re.search(r'src="(/static/chat/chat\.[0-9a-f]+\.js)"', html).group(1)
+    resp = Client().get(src)
+    assert resp.status_code == 200
+    assert b"WebSocket" in b"".join(resp.streaming_content)
+
+
+@pytest.mark.parametrize("room", ["bad.name", "x" * 65])
+def test_room_page_404_for_invalid_names(room):
+    assert Client().get(f"/chat/{room}/").status_code == 404
+
+
+def test_login_page_and_login(alice):
+    client = Client()
+    assert client.get("/accounts/login/").status_code == 200
+    resp = client.post("/accounts/login/", {"username": "alice", "password": "alice-pass-123"})
+    assert resp.status_code == 302
+    assert b"alice" in client.get("/").content
+
+
+def test_admin_requires_login():
+    resp = Client().get("/admin/")
+    assert resp.status_code == 302 and "/admin/login/" in resp["Location"]
+
+
+# --- token API ---------------------------------------------------------------
+
+
+def _csrf_client(user=None):
+    client = Client(enforce_csrf_checks=True)
+    if user is not None:
+        client.force_login(user)
+    client.get("/")  # the page sets the csrftoken cookie
+    return client, client.cookies["csrftoken"].value
+
+
+def test_token_api_requires_login():
+    client, csrf = _csrf_client()
+    assert client.get("/api/tokens/").status_code == 401
+    resp = client.post("/api/tokens/", "{}", content_type="application/json", headers={"X-CSRFToken": csrf})
+    assert resp.status_code == 401 and resp.json()["error"]
+
+
+def test_token_api_wrong_method_405(alice):
+    client, csrf = _csrf_client(alice)
+    assert client.put("/api/tokens/", headers={"X-CSRFToken": csrf}).status_code == 405
+    assert client.get("/api/tokens/abcdefgh/").status_code == 405
+
+
+def test_token_api_requires_csrf(alice):
+    client, _ = _csrf_client(alice)
+    assert client.post("/api/tokens/", "{}", content_type="application/json").status_code == 403
+
+
+def test_token_api_create_list_revoke(alice):
+    client, csrf = _csrf_client(alice)
+    resp = client.post(
+        "/api/tokens/", json.dumps({"name": "laptop", "ttl_hours": 2}),
+        content_type="application/json", headers={"X-CSRFToken": csrf},
+    )
+    assert resp.status_code == 201
+    body = resp.json()
+    assert body["prefix"] == body["token"][:8] and body["expires_at"]
+    assert tokens.verify(body["token"]) == alice
+
+    listed = client.get("/api/tokens/").json()["tokens"]
+    assert [t["prefix"] for t in listed] == [body["prefix"]]
+    assert body["token"] not in json.dumps(listed)
+
+    resp = client.delete(f"/api/tokens/{body['prefix']}/", headers={"X-CSRFToken": csrf})
+    assert resp.status_code == 204
+    with pytest.raises(tokens.TokenError) as err:
+        tokens.verify(body["token"])
+    assert err.value.reason == "revoked"
+    assert client.delete(f"/api/tokens/{body['prefix']}/", headers={"X-CSRFToken": csrf}).status_code == 404
+
+
+def test_token_api_cannot_revoke_someone_elses(alice, django_user_model):
+    bob = django_user_model.objects.create_user("bob", password="bob-pass-123")
+    issued = tokens.issue(bob)
+    client, csrf = _csrf_client(alice)
+    assert client.delete(f"/api/tokens/{issued.record.prefix}/", headers={"X-CSRFToken": csrf}).status_code == 404
+    assert tokens.verify(issued.token) == bob
+
+
+@pytest.mark.parametrize(
+    "body",
+    ["{not json", "[1]", '{"name": 5}', '{"ttl_hours": 0}', '{"ttl_hours": "3"}', '{"ttl_hours": 999999}',
+     json.dumps({"name": "x" * 5000})],
+)
+def test_token_api_bad_body_400(alice, body):
+    client, csrf = _csrf_client(alice)
+    resp = client.post("/api/tokens/", body, content_type="application/json", headers={"X-CSRFToken": csrf})
+    assert resp.status_code == 400 and resp.json()["error"]
+    assert ApiToken.objects.count() == 0

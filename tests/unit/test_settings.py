@@ -1,0 +1,61 @@
+"""Settings behaviour an operator relies on, checked in fresh processes."""
+import logging
+import os
+import subprocess
+import sys
+from pathlib import Path
+
+from chat.logfilters import RedactTokens
+
+DJANGO_APP = Path(__file__).resolve().parents[2] / "django_app"
+
+
+def _manage(*args, **env_overrides):
+    env = dict(os.environ, **env_overrides)
+    for key, value in list(env.items()):
+        if value is None:
+            del env[key]
+    return subprocess.run(
+        [sys.executable, "manage.py", *args], cwd=DJANGO_APP, env=env, capture_output=True, text=True, timeout=60
+    )
+
+
+def test_missing_secret_key_refuses_to_start():
+    env = {k: v for k, v in os.environ.items() if k != "DJANGO_SECRET_KEY"}
+    result = subprocess.run(
+        [sys.executable, "manage.py", "check"], cwd=DJANGO_APP, env=env, capture_output=True, text=True, timeout=60
+    )
+    assert result.returncode != 0 and "DJANGO_SECRET_KEY" in result.stderr
+
+
+def test_debug_runs_without_secret_key():
+    env = {k: v for k, v in os.environ.items() if k != "DJANGO_SECRET_KEY"}
+    env["DEBUG"] = "true"
+    result = subprocess.run(
+        [sys.executable, "manage.py", "check"], cwd=DJANGO_APP, env=env, capture_output=True, text=True, timeout=60
+    )
+    assert result.returncode == 0, result.stderr
+
+
+def test_check_deploy_passes_with_tls():
+    result = _manage(
+        "check", "--deploy", "--fail-level", "WARNING",
+        DJANGO_TLS="true", DEBUG="false", DJANGO_SECRET_KEY="k" * 20 + "-Zx9!long-random-secret-key-for-check-deploy-" + "q" * 10,
+    )
+    assert result.returncode == 0, result.stdout + result.stderr
+
+
+def test_redis_password_is_url_quoted():
+    code = "from django.conf import settings; print(settings.REDIS_URL)"
+    result = _manage("shell", "-c", code, REDIS_PASSWORD="p@ss:/word", REDIS_URL=None)
+    assert result.returncode == 0, result.stderr
+    assert ":p%40ss%3A%2Fword@" in result.stdout
+
+
+def test_token_redaction_filter_is_on_the_stdout_handler():
+    from django.conf import settings
+
+    assert "redact_tokens" in settings.LOGGING["handlers"]["stdout"]["filters"]
+    record = logging.LogRecord("x", logging.INFO, __file__, 1, "GET /ws/chat/a/?token=%s&after=3", ("s3cr3t",), None)
+    RedactTokens().filter(record)
+    assert record.getMessage() == "GET /ws/chat/a/?token=[redacted]&after=3"

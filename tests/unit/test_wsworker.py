@@ -1,0 +1,121 @@
+"""The ws worker's own HTTP probes and the SIGTERM drain of `python -m chat.wsserver`."""
+import asyncio
+import json
+import os
+import signal
+import subprocess
+import sys
+import time
+import urllib.request
+from pathlib import Path
+
+import pytest
+import websockets
+from channels.testing import HttpCommunicator
+from django.db import connection
+
+from chat import registry
+from config.asgi import application
+
+from .conftest import free_port, welcome
+
+DJANGO_APP = Path(__file__).resolve().parents[2] / "django_app"
+
+
+async def _get(path):
+    comm = HttpCommunicator(application, "GET", path)
+    resp = await comm.get_response(timeout=5)
+    return resp["status"], json.loads(resp["body"])
+
+
+@pytest.mark.django_db(transaction=True)
+async def test_worker_healthz_counts_live_sockets():
+    status, body = await _get("/healthz")
+    assert status == 200 and body["status"] == "ok"
+    assert body["worker"].endswith(f":{os.getpid()}")
+    before = body["sockets"]
+    client, _ = await welcome("/ws/chat/health/")
+    assert (await _get("/healthz"))[1]["sockets"] == before + 1
+    await client.close()
+
+
+async def test_worker_readyz_ok_with_redis():
+    assert await _get("/readyz") == (200, {"status": "ok", "worker": (await _get("/healthz"))[1]["worker"]})
+
+
+async def test_worker_readyz_503_when_redis_unreachable(settings):
+    layers = json.loads(json.dumps(settings.CHANNEL_LAYERS, default=str))
+    layers["default"]["CONFIG"]["hosts"][0]["address"] = f"redis://127.0.0.1:{free_port()}/0"
+    settings.CHANNEL_LAYERS = layers
+    status, body = await _get("/readyz")
+    assert status == 503 and body["reason"].startswith("redis:")
+
+
+async def test_worker_readyz_503_while_draining():
+    registry.state.draining = True
+    try:
+        status, body = await _get("/readyz")
+    finally:
+        registry.state.draining = False
+    assert status == 503 and body["status"] == "draining"
+
+
+@pytest.mark.django_db(transaction=True)
+async def test_new_handshake_while_draining_is_1012():
+    from .conftest import Client
+
+    registry.state.draining = True
+    try:
+        client = await Client("/ws/chat/lobby/").connect()
+        assert await client.closed_with() == 1012
+    finally:
+        registry.state.draining = False
+
+
+async def test_other_http_paths_reach_django():
+    comm = HttpCommunicator(application, "GET", "/", headers=[(b"host", b"localhost")])
+    resp = await comm.get_response(timeout=5)
+    assert resp["status"] == 200 and b"Pick a room" in resp["body"]
+
+
+def _wait_http(url, deadline):
+    while time.monotonic() < deadline:
+        try:
+            with urllib.request.urlopen(url, timeout=1) as resp:
+                return resp.status
+        except OSError:
+            time.sleep(0.1)
+    raise AssertionError(f"{url} did not answer in time")
+
+
+@pytest.mark.slow
+@pytest.mark.django_db(transaction=True)
+def test_sigterm_drains_sockets_with_1012_and_exits_0():
+    port = free_port()
+    drain_seconds = 5
+    env = dict(os.environ, WS_DRAIN_SECONDS=str(drain_seconds), POSTGRES_DB=connection.settings_dict["NAME"])
+    proc = subprocess.Popen(
+        [sys.executable, "-m", "chat.wsserver", "-b", "127.0.0.1", "-p", str(port), "config.asgi:application"],
+        cwd=DJANGO_APP, env=env, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True,
+    )
+    try:
+        assert _wait_http(f"http://127.0.0.1:{port}/healthz", time.monotonic() + 20) == 200
+
+        async def scenario():
+            async with websockets.connect(f"ws://127.0.0.1:{port}/ws/chat/drain/", open_timeout=5) as ws:
+                assert json.loads(await asyncio.wait_for(ws.recv(), 5))["type"] == "chat.welcome"
+                proc.send_signal(signal.SIGTERM)
+                started = time.monotonic()
+                with pytest.raises(websockets.ConnectionClosed) as closed:
+                    await asyncio.wait_for(ws.recv(), drain_seconds)
+                return closed.value.rcvd.code, time.monotonic() - started
+
+        code, took = asyncio.run(scenario())
+        assert code == 1012 and took < drain_seconds
+        assert proc.wait(timeout=drain_seconds + 5) == 0
+    finally:
+        if proc.poll() is None:
+            proc.kill()
+            proc.wait(timeout=5)
+    log = proc.stdout.read()
+    assert "drain: closing 1 socket(s)" in log and "every socket closed" in log
