@@ -42,7 +42,7 @@ class TokenAuthMiddleware(BaseMiddleware):
             try:
                 scope["user"] = await _verify(params["token"][0])
             except tokens.TokenError as exc:
-                logger.warning("ws token refused: %s path=%s", exc.reason, scope.get("path"))
+                logger.warning("ws token refused: %s path=%r", exc.reason, scope.get("path"))
                 scope["user"] = AnonymousUser()
                 scope["token_error"] = exc.reason
         return await super().__call__(scope, receive, send)

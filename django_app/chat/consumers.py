@@ -29,6 +29,15 @@ _between = database_sync_to_async(store.between)
 _snapshot = database_sync_to_async(store.snapshot)
 
 
+def _storable(text: str) -> bool:
+    """Postgres text is UTF-8: lone surrogates (valid in JSON escapes) cannot be stored."""
+    try:
+        text.encode("utf-8")
+    except UnicodeEncodeError:
+        return False
+    return True
+
+
 def worker_id() -> str:
     return f"{socket.gethostname()}:{os.getpid()}"
 
@@ -102,7 +111,7 @@ class ChatConsumer(AsyncWebsocketConsumer):
 
     async def _refuse(self, code: int, reason: str):
         """Accept then close so browsers see the close code (a rejected handshake hides it)."""
-        logger.info("ws refused code=%s reason=%s path=%s", code, reason, self.scope.get("path"))
+        logger.info("ws refused code=%s reason=%s path=%r", code, reason, self.scope.get("path"))
         self.closed = True
         await self.accept()
         await self.close(code=code)
@@ -174,9 +183,13 @@ class ChatConsumer(AsyncWebsocketConsumer):
             return
         if text_data is None:
             return await self._error(protocol.ERR_BAD_TYPE, "binary frames are not accepted; send JSON text")
+        if len(text_data) > settings.WS_MAX_MESSAGE_BYTES:
+            # daphne enforces the same limit in bytes (close 1009); this guards other servers.
+            return await self._error(protocol.ERR_TOO_LONG, "frame larger than WS_MAX_MESSAGE_BYTES")
         try:
             data = json.loads(text_data)
-        except ValueError:
+        except (ValueError, RecursionError):
+            # RecursionError: pathologically deep nesting is malformed input, not a crash.
             return await self._error(protocol.ERR_BAD_JSON, "frame is not valid JSON")
         if not isinstance(data, dict):
             return await self._error(protocol.ERR_BAD_TYPE, 'expected a JSON object {"message": "..."}')
@@ -186,6 +199,8 @@ class ChatConsumer(AsyncWebsocketConsumer):
         if not isinstance(text, str):
             return await self._error(protocol.ERR_BAD_TYPE, 'field "message" must be a string')
         text = text.strip()
+        if "\x00" in text or not _storable(text):
+            return await self._error(protocol.ERR_BAD_TYPE, "message contains NUL or unpaired surrogate characters")
         if not text:
             return await self._error(protocol.ERR_EMPTY, "message is empty")
         limit = settings.CHAT_MAX_MESSAGE_CHARS
@@ -237,6 +252,6 @@ class NotFoundConsumer(AsyncWebsocketConsumer):
     """Any other WebSocket path: accept + 4404 so the client sees a clear reason."""
 
     async def connect(self):
-        logger.info("ws unknown path %s", self.scope.get("path"))
+        logger.info("ws unknown path %r", self.scope.get("path"))
         await self.accept()
         await self.close(code=protocol.CLOSE_NOT_FOUND)

@@ -48,5 +48,5 @@ class SettingsOriginValidator:
         if ok:
             return await self.application(scope, receive, send)
         client = scope.get("client") or ("?", "?")
-        logger.warning("ws origin refused: %s path=%s client=%s:%s", reason, scope.get("path"), *client[:2])
+        logger.warning("ws origin refused: %s path=%r client=%s:%s", reason, scope.get("path"), *client[:2])
         return await OriginRefused.as_asgi()(scope, receive, send)

@@ -53,6 +53,9 @@ class DrainingServer(Server):
     def _install_signal_handlers(self):
         # Runs once the reactor is up, i.e. after run() built the factory.
         self.ws_factory.protocol = RestartCloseProtocol
+        # autobahn's default drops the TCP connection on a protocol violation such as
+        # an oversized frame; send a proper close (1009) so clients learn why.
+        self.ws_factory.setProtocolOptions(failByDrop=False)
         loop = asyncio.get_event_loop()
         for sig in (signal.SIGTERM, signal.SIGINT):
             loop.add_signal_handler(sig, self._on_signal, sig)
