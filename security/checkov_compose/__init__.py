@@ -1,0 +1,1 @@
+"""Custom checkov checks for docker-compose.yml (checkov ships none for compose)."""
