@@ -39,7 +39,8 @@ max_requests_jitter = 200
 accesslog = "-"
 errorlog = "-"
 loglevel = os.environ.get("LOG_LEVEL", "INFO").lower()
-access_log_format = '%(h)s "%(r)s" %(s)s %(b)s %(L)ss "%(a)s" gunicorn'
+# Path without the query string: a ?token=... must never reach a log line.
+access_log_format = '%(h)s "%(m)s %(U)s %(H)s" %(s)s %(b)s %(L)ss "%(a)s"'
 
 # Which peers may set X-Forwarded-Proto/-For. Only nginx talks to gunicorn
 # (loopback natively, the pod/compose network otherwise), and nginx overwrites

@@ -1,0 +1,59 @@
+"""A real user in a real browser: log in through nginx, open one room in two
+pages, send from one, see it in the other (Playwright + Debian's Chromium)."""
+import uuid
+
+import pytest
+from playwright.sync_api import expect, sync_playwright
+
+from tests.stack import ROOT
+
+CHROMIUM_ARGS = [
+    "--headless", "--no-sandbox", "--disable-gpu", "--disable-quic", "--no-first-run",
+    "--disable-background-networking", "--disable-component-update", "--disable-sync",
+]
+UI_TIMEOUT_MS = 20_000
+
+
+@pytest.mark.browser
+def test_logged_in_user_chats_between_two_pages(native_stack, tmp_path):
+    username, password = f"bt{uuid.uuid4().hex[:8]}", uuid.uuid4().hex
+    native_stack.manage(
+        "shell", "-c",
+        "import os; from django.contrib.auth import get_user_model; "
+        "get_user_model().objects.create_user(os.environ['BT_USER'], password=os.environ['BT_PASS'])",
+        env={"BT_USER": username, "BT_PASS": password},
+    )
+    room = f"browser-{uuid.uuid4().hex[:8]}"
+    room_path = f"/chat/{room}/"
+    text = f"hello from the browser {uuid.uuid4().hex[:6]}"
+    results = ROOT / "test-results"
+    results.mkdir(exist_ok=True)
+
+    with sync_playwright() as pw:
+        context = pw.chromium.launch_persistent_context(
+            str(tmp_path / "profile"), executable_path="/usr/bin/chromium", headless=True,
+            args=CHROMIUM_ARGS,
+        )
+        try:
+            sender = context.new_page()
+            sender.goto(f"{native_stack.http_url}/accounts/login/?next={room_path}")
+            sender.fill("#id_username", username)
+            sender.fill("#id_password", password)
+            sender.click("form button[type=submit]")
+            sender.wait_for_url(f"**{room_path}", timeout=UI_TIMEOUT_MS)
+            expect(sender.locator("#status")).to_have_attribute("data-state", "open", timeout=UI_TIMEOUT_MS)
+            expect(sender.locator("#status")).to_contain_text(username)
+
+            receiver = context.new_page()  # same browser profile: same logged-in user
+            receiver.goto(f"{native_stack.http_url}{room_path}")
+            expect(receiver.locator("#status")).to_have_attribute("data-state", "open", timeout=UI_TIMEOUT_MS)
+
+            sender.fill("#message-input", text)
+            sender.click("#send-button")
+            arrived = receiver.locator("#messages li", has_text=text)
+            expect(arrived).to_be_visible(timeout=UI_TIMEOUT_MS)
+            expect(arrived.locator(".user")).to_have_text(username)
+            expect(sender.locator("#messages li", has_text=text)).to_be_visible(timeout=UI_TIMEOUT_MS)
+            receiver.screenshot(path=str(results / "browser-chat.png"), full_page=True)
+        finally:
+            context.close()

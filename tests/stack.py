@@ -1,0 +1,224 @@
+"""NativeStack: the whole topology as real processes on loopback, for tests.
+
+Every suite (integration, browser, k8s truth test, faults, bench) starts its
+stack through this one helper so they all exercise the same runner operators
+use (`scripts/local`), not a test-only copy of it.
+
+    with NativeStack(workers=2) as stack:          # or stack = NativeStack(); stack.up()
+        stack.http_url          # "http://127.0.0.1:PORT"   nginx, the public entry
+        stack.ws_base           # "ws://127.0.0.1:PORT"     nginx, for /ws/chat/<room>/
+        stack.web_url           # "http://127.0.0.1:PORT"   gunicorn directly
+        stack.ws_worker_urls    # ["ws://127.0.0.1:PORT", ...] each daphne worker directly
+        stack.settings          # env dict the servers run with: secrets, POSTGRES_PORT, REDIS_PORT, ...
+        stack.pid("web"); stack.pid("ws", 2)     # PID of a tier (ws: worker i, 1-based)
+        stack.log_path("nginx"); stack.log_path("ws", 1)
+        stack.stop("redis"); stack.start("redis")  # tiers: db redis web ws nginx; ws-<i> for one worker
+        stack.reload_nginx()
+        stack.manage("createsuperuser", "--noinput")  # manage.py with the stack's env
+    # leaving the block (or stack.down()) stops exactly what was started and
+    # removes the temp state dir.
+
+Ports are picked free (bind port 0) at construction; the temp state dir keeps
+several stacks (and other engineers' servers) from colliding. `up(*tiers)`
+starts only some tiers ("db", "redis"), like `scripts/local up db redis`.
+"""
+from __future__ import annotations
+
+import os
+import random
+import shutil
+import socket
+import subprocess
+import tempfile
+from pathlib import Path
+
+ROOT = Path(__file__).resolve().parent.parent
+LOCAL = ROOT / "scripts" / "local"
+
+# Inherited values that would tie this stack to another one (the unit-test
+# backing services, a developer's .env secrets): every stack gets its own.
+_NOT_INHERITED = (
+    "DJANGO_SECRET_KEY", "POSTGRES_PASSWORD", "REDIS_PASSWORD", "DATABASE_URL", "REDIS_URL",
+    "POSTGRES_HOST", "POSTGRES_PORT", "REDIS_HOST", "REDIS_PORT", "LOCAL_STATE_DIR",
+    "LOCAL_PG_PORT", "LOCAL_REDIS_PORT", "LOCAL_WEB_PORT", "LOCAL_WS_BASE_PORT", "HTTP_PORT",
+    "WS_WORKERS", "PORT",
+)
+
+
+def free_port() -> int:
+    """A loopback port nobody listens on right now (the OS picks it)."""
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return s.getsockname()[1]
+
+
+def _port_free(port: int) -> bool:
+    with socket.socket() as s:
+        try:
+            s.bind(("127.0.0.1", port))
+        except OSError:
+            return False
+        return True
+
+
+def free_port_range(count: int, attempts: int = 50) -> int:
+    """A base port B with B+1..B+count all free (ws workers listen on consecutive ports)."""
+    for _ in range(attempts):
+        base = random.randint(20000, 60000 - count - 1)
+        if all(_port_free(base + i) for i in range(1, count + 1)):
+            return base
+    raise RuntimeError(f"no {count} consecutive free loopback ports after {attempts} attempts")
+
+
+def alive(pid: int) -> bool:
+    """True while the process runs; a zombie counts as dead (init may reap late)."""
+    try:
+        stat = Path(f"/proc/{pid}/stat").read_text()
+    except (FileNotFoundError, ProcessLookupError):
+        return False
+    return stat.rsplit(")", 1)[1].split()[0] != "Z"
+
+
+class StackError(RuntimeError):
+    """scripts/local failed; the message carries its output (log tails included)."""
+
+
+class NativeStack:
+    """One native stack (see the module docstring for the API)."""
+
+    def __init__(self, workers: int = 2, env: dict[str, str] | None = None,
+                 state_dir: str | os.PathLike | None = None, timeout: float = 300):
+        self.workers = workers
+        self.timeout = timeout
+        self._own_state = state_dir is None
+        self.state_dir = Path(state_dir or tempfile.mkdtemp(prefix="chat-stack-"))
+        self._extra_env = dict(env or {})
+        self._pick_ports()
+        self.settings: dict[str, str] = {}
+
+    # --- lifecycle -------------------------------------------------------------
+    def _pick_ports(self) -> None:
+        self.ports = {
+            "HTTP_PORT": free_port(),
+            "LOCAL_WEB_PORT": free_port(),
+            "LOCAL_PG_PORT": free_port(),
+            "LOCAL_REDIS_PORT": free_port(),
+            "LOCAL_WS_BASE_PORT": free_port_range(self.workers),
+        }
+
+    def _env(self) -> dict[str, str]:
+        env = {k: v for k, v in os.environ.items() if k not in _NOT_INHERITED}
+        env.update({k: str(v) for k, v in self.ports.items()})
+        env["LOCAL_STATE_DIR"] = str(self.state_dir)
+        env["WS_WORKERS"] = str(self.workers)
+        env.update(self._extra_env)
+        return env
+
+    def run_local(self, *args: str, check: bool = True, timeout: float | None = None) -> str:
+        """Run scripts/local with this stack's settings; return its output."""
+        proc = subprocess.run(
+            [str(LOCAL), *args], env=self._env(), cwd=ROOT, capture_output=True, text=True,
+            timeout=timeout or self.timeout,
+        )
+        out = proc.stdout + proc.stderr
+        if check and proc.returncode != 0:
+            raise StackError(f"scripts/local {' '.join(args)} exited {proc.returncode}:\n{out}")
+        return out
+
+    def up(self, *tiers: str) -> "NativeStack":
+        """Start the tiers (all when none given) and wait until they are healthy."""
+        for attempt in range(3):
+            try:
+                self.run_local("up", *tiers)
+                break
+            except StackError as exc:
+                # Another process grabbed a port between picking and binding: fresh ports.
+                if "already in use" not in str(exc) or attempt == 2:
+                    raise
+                self.run_local("down", check=False)
+                self._pick_ports()
+        self.settings = self._read_settings()
+        return self
+
+    def _read_settings(self) -> dict[str, str]:
+        out = self.run_local("env")
+        return dict(line.split("=", 1) for line in out.splitlines() if "=" in line)
+
+    def down(self) -> None:
+        """Stop exactly what this stack started, then drop its state dir."""
+        try:
+            self.run_local("down", check=False)
+        finally:
+            if self._own_state:
+                shutil.rmtree(self.state_dir, ignore_errors=True)
+
+    def __enter__(self) -> "NativeStack":
+        try:
+            return self.up()
+        except BaseException:
+            self.down()
+            raise
+
+    def __exit__(self, *exc) -> None:
+        self.down()
+
+    # --- addresses -------------------------------------------------------------
+    @property
+    def http_url(self) -> str:
+        return f"http://127.0.0.1:{self.ports['HTTP_PORT']}"
+
+    @property
+    def ws_base(self) -> str:
+        return f"ws://127.0.0.1:{self.ports['HTTP_PORT']}"
+
+    @property
+    def web_url(self) -> str:
+        return f"http://127.0.0.1:{self.ports['LOCAL_WEB_PORT']}"
+
+    @property
+    def ws_worker_urls(self) -> list[str]:
+        base = self.ports["LOCAL_WS_BASE_PORT"]
+        return [f"ws://127.0.0.1:{base + i}" for i in range(1, self.workers + 1)]
+
+    # --- tiers -----------------------------------------------------------------
+    @staticmethod
+    def _name(tier: str, i: int | None) -> str:
+        return f"{tier}-{i}" if i is not None else tier
+
+    def pid(self, tier: str, i: int | None = None) -> int | None:
+        """PID of a running tier (ws: pass the 1-based worker index), None when stopped."""
+        path = self.state_dir / "run" / f"{self._name(tier, i)}.pid"
+        try:
+            pid = int(path.read_text().split()[0])
+        except (FileNotFoundError, IndexError, ValueError):
+            return None
+        return pid if alive(pid) else None
+
+    def log_path(self, tier: str, i: int | None = None) -> Path:
+        return self.state_dir / "log" / f"{self._name(tier, i)}.log"
+
+    def stop(self, tier: str) -> None:
+        """Stop a tier the way operators do (SIGTERM, deadline, SIGKILL; pg_ctl for db)."""
+        self.run_local("stop", tier)
+
+    def start(self, tier: str) -> None:
+        """Start a tier again and wait until it is healthy."""
+        self.run_local("start", tier)
+
+    def reload_nginx(self) -> None:
+        self.run_local("reload-nginx")
+
+    def manage(self, *args: str, input: str | None = None, check: bool = True,
+               env: dict[str, str] | None = None) -> subprocess.CompletedProcess:
+        """Run `manage.py ARGS` against this stack's database and Redis."""
+        proc = subprocess.run(
+            [str(ROOT / ".venv" / "bin" / "python"), "manage.py", *args],
+            cwd=ROOT / "django_app",
+            env={**{k: v for k, v in os.environ.items() if k not in _NOT_INHERITED},
+                 **self.settings, **(env or {})},
+            input=input, capture_output=True, text=True, timeout=120,
+        )
+        if check and proc.returncode != 0:
+            raise StackError(f"manage.py {' '.join(args)} exited {proc.returncode}:\n"
+                             f"{proc.stdout}{proc.stderr}")
+        return proc
