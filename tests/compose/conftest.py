@@ -1,0 +1,92 @@
+"""Fixtures of the compose suite: a real Docker engine and ONE stack per session.
+
+Building and starting the stack is the expensive part (image build, Postgres
+initdb), so the session shares one project; the tests run in file order and
+each leaves the stack as the next expects (documented per test). The finalizer
+always runs `docker compose down -v`, so a failing test leaves nothing behind.
+
+Figures (image size, build and start times, scaling delays) are collected in
+FIGURES and printed at the end of the run and written to
+test-results/compose-report.md.
+"""
+from __future__ import annotations
+
+import os
+import time
+import uuid
+
+import pytest
+
+from tests.compose.composectl import (FIGURES, REPO, SHARED_CONTAINERS, Project, clean_environ, free_port, run,
+                         set_env_values)
+
+REPORT = REPO / "test-results" / "compose-report.md"
+
+
+def _unavailable(reason: str):
+    """In CI a missing engine must fail the run; on a laptop it is a skip."""
+    if os.environ.get("CI") == "true":
+        pytest.fail(f"CI=true and no container engine: {reason}", pytrace=False)
+    pytest.skip(f"no container engine: {reason}")
+
+
+@pytest.fixture(scope="session")
+def engine() -> None:
+    engine_up = SHARED_CONTAINERS / "engine-up"
+    if not engine_up.exists():
+        _unavailable(f"{engine_up} not found (shared/ must sit beside the repository)")
+    if os.geteuid() != 0:
+        _unavailable("engine-up needs root")
+    proc = run([str(engine_up)], timeout=600, check=False)
+    if proc.returncode != 0:
+        _unavailable(f"engine-up exited {proc.returncode}: {proc.stderr[-2000:]}")
+
+
+@pytest.fixture(scope="session")
+def project(engine, tmp_path_factory) -> Project:
+    name = f"dcs-test-{uuid.uuid4().hex[:8]}"
+    env_file = tmp_path_factory.mktemp("compose") / "test.env"
+    run([str(REPO / "scripts" / "env"), str(env_file)], env=clean_environ(), timeout=60)
+    port = free_port()
+    set_env_values(env_file, {
+        "HTTP_BIND": "127.0.0.1",
+        "HTTP_PORT": str(port),
+        "APP_IMAGE": f"{name}:test",
+        "CSRF_TRUSTED_ORIGINS": f"http://127.0.0.1:{port},http://localhost:{port}",
+    })
+    proj = Project(name=name, env_file=env_file, http_port=port, image=f"{name}:test")
+
+    # Stand-ins for the official images the compose file and Dockerfile name
+    # (no registry here). `docker compose config` inside standins needs the
+    # secrets, so it gets the throwaway env file's values.
+    secrets = {k: v for k, v in (line.split("=", 1) for line in env_file.read_text().splitlines()
+                                 if "=" in line and not line.startswith("#"))}
+    run([str(SHARED_CONTAINERS / "standins"), "--from", "docker-compose.yml", "--from", "services/Dockerfile"],
+        env={**proj.env, **secrets}, timeout=900)
+
+    yield proj
+
+    try:
+        proj.compose("down", "-v", "--remove-orphans", "--timeout", "30", timeout=300, check=False)
+    finally:
+        # The app image this session built (and any it superseded): they are
+        # labelled with the project, so nothing of another stack is touched.
+        images = run(["docker", "image", "ls", "-q", "--filter", f"label=com.docker.compose.project={name}"],
+                     env=proj.env, timeout=60, check=False).stdout.split()
+        if images:
+            run(["docker", "image", "rm", "-f", *sorted(set(images))], env=proj.env, timeout=120, check=False)
+    left = proj.leftovers()
+    assert not left, f"docker compose down -v left resources of {name}: {left}"
+
+
+def pytest_terminal_summary(terminalreporter):
+    if not FIGURES:
+        return
+    lines = ["# compose suite figures", "", "| figure | value |", "| --- | --- |"]
+    lines += [f"| {k} | {v} |" for k, v in FIGURES.items()]
+    lines += ["", f"measured {time.strftime('%Y-%m-%d %H:%M:%S %Z')} on {os.cpu_count()} cores"]
+    text = "\n".join(lines) + "\n"
+    REPORT.parent.mkdir(exist_ok=True)
+    REPORT.write_text(text)
+    terminalreporter.write_sep("=", "compose figures (also in test-results/compose-report.md)")
+    terminalreporter.write(text)
