@@ -212,6 +212,12 @@ class ChatConsumer(AsyncWebsocketConsumer):
             logger.exception("ws persist failed room=%s", self.room)
             return await self._error(protocol.ERR_UNAVAILABLE, "message not stored; try again later")
         payload = protocol.dumps(msg)
+        if msg["id"] == self.last_id + 1:
+            # The sender's own message is next in its sequence: acknowledge it now
+            # rather than after the Redis round trip, so a client sees every accepted
+            # message even if it is closed (rate limit, drain) before the echo arrives.
+            # Its broadcast copy is then dropped as a duplicate by _deliver.
+            await self._deliver(msg["id"], payload)
         try:
             await self.channel_layer.group_send(
                 self.group, {"type": "chat.message", "id": msg["id"], "text": payload}

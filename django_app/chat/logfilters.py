@@ -25,3 +25,18 @@ class RedactTokens(logging.Filter):
         if cleaned != message:
             record.msg, record.args = cleaned, None
         return True
+
+
+class RefusalWithoutTraceback(logging.Filter):
+    """Bad client input (e.g. a foreign Host header) is a one-line warning, not a traceback.
+
+    Django logs DisallowedHost with exc_info at ERROR; anyone on the internet can
+    trigger it, so a stack trace per request would flood the log and hide real crashes.
+    """
+
+    def filter(self, record: logging.LogRecord) -> bool:
+        record.exc_info = None
+        record.exc_text = None
+        if record.levelno > logging.WARNING:
+            record.levelno, record.levelname = logging.WARNING, "WARNING"
+        return True

@@ -55,7 +55,9 @@ class DrainingServer(Server):
         self.ws_factory.protocol = RestartCloseProtocol
         # autobahn's default drops the TCP connection on a protocol violation such as
         # an oversized frame; send a proper close (1009) so clients learn why.
-        self.ws_factory.setProtocolOptions(failByDrop=False)
+        # (setProtocolOptions resets allowNullOrigin to False unless given: keep daphne's
+        # True so `Origin: null` reaches our origin check and gets a 4403, not an HTTP 400.)
+        self.ws_factory.setProtocolOptions(failByDrop=False, allowNullOrigin=True)
         loop = asyncio.get_event_loop()
         for sig in (signal.SIGTERM, signal.SIGINT):
             loop.add_signal_handler(sig, self._on_signal, sig)

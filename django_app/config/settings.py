@@ -178,7 +178,10 @@ LOG_LEVEL = env.str("LOG_LEVEL", default="INFO").upper()
 LOGGING = {
     "version": 1,
     "disable_existing_loggers": False,
-    "filters": {"redact_tokens": {"()": "chat.logfilters.RedactTokens"}},
+    "filters": {
+        "redact_tokens": {"()": "chat.logfilters.RedactTokens"},
+        "client_refusal": {"()": "chat.logfilters.RefusalWithoutTraceback"},
+    },
     "formatters": {
         "plain": {"format": "%(asctime)s %(levelname)s %(name)s %(process)d %(message)s"}
     },
@@ -195,5 +198,6 @@ LOGGING = {
         "django": {"level": LOG_LEVEL, "propagate": True},
         "daphne": {"level": LOG_LEVEL, "propagate": True},
         "chat": {"level": LOG_LEVEL, "propagate": True},
+        "django.security.DisallowedHost": {"filters": ["client_refusal"], "propagate": True},
     },
 }

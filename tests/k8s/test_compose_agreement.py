@@ -95,8 +95,14 @@ def test_stock_images_and_users_agree(compose, dev, service, name):
 @pytest.mark.parametrize("service", APP_SERVICES)
 def test_app_user_agrees_with_the_image(compose, dev, service):
     w, _ = k8s_workload(dev, service)
-    uid = int(resolve(compose[service]["build"]["args"]["APP_UID"]))
-    assert pod_spec(w)["securityContext"]["runAsUser"] == uid
+    # The image is built once (by the service that has `build:`) with APP_UID/APP_GID;
+    # every app service also states that user.
+    builder = next(svc for svc in compose.values() if "build" in svc)
+    uid = int(resolve(builder["build"]["args"]["APP_UID"]))
+    gid = int(resolve(builder["build"]["args"]["APP_GID"]))
+    assert resolve(compose[service]["user"]) == f"{uid}:{gid}"
+    sc = pod_spec(w)["securityContext"]
+    assert (sc["runAsUser"], sc["runAsGroup"]) == (uid, gid)
 
 
 def test_nginx_settings_agree(compose, dev):

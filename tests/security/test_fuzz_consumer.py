@@ -82,6 +82,16 @@ bad_rooms = st.one_of(
 
 # --- the oracle ---------------------------------------------------------------
 
+def storable(text):
+    if "\x00" in text:
+        return False
+    try:
+        text.encode("utf-8")
+    except UnicodeEncodeError:
+        return False
+    return True
+
+
 def expected(kind, data):
     """The documented reply to one frame: ("echo", text) or ("error", {codes})."""
     if kind == "bytes":
@@ -223,10 +233,10 @@ async def test_every_frame_gets_its_documented_reply(batch):
                 what, want = expected(kind, data)
                 if what == "echo":
                     # Postgres cannot store NUL and UTF-8 cannot carry lone surrogates:
-                    # the contract's only reply for an unstorable text is `unavailable`.
+                    # such text is refused as bad_type, and only such text.
                     if reply.get("type") == "chat.error":
-                        assert reply["code"] == "unavailable" and ("\x00" in want or not want.isprintable()), reply
-                        FIGURES.refused("unavailable (unstorable text)")
+                        assert reply["code"] == "bad_type" and not storable(want), reply
+                        FIGURES.refused("bad_type (unstorable text)")
                     else:
                         assert reply["type"] == "chat.message" and reply["message"] == want, reply
                         FIGURES.accepted()
