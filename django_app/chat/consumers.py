@@ -199,13 +199,13 @@ class ChatConsumer(AsyncWebsocketConsumer):
         if not isinstance(text, str):
             return await self._error(protocol.ERR_BAD_TYPE, 'field "message" must be a string')
         text = text.strip()
-        if "\x00" in text or not _storable(text):
-            return await self._error(protocol.ERR_BAD_TYPE, "message contains NUL or unpaired surrogate characters")
         if not text:
             return await self._error(protocol.ERR_EMPTY, "message is empty")
         limit = settings.CHAT_MAX_MESSAGE_CHARS
         if len(text) > limit:
             return await self._error(protocol.ERR_TOO_LONG, f"message longer than {limit} characters")
+        if "\x00" in text or not _storable(text):
+            return await self._error(protocol.ERR_BAD_TYPE, "message contains NUL or unpaired surrogate characters")
         try:
             msg = await _persist(self.room, self.user_id, self.username, text)
         except Exception:

@@ -96,6 +96,8 @@ def expected(kind, data):
     """The documented reply to one frame: ("echo", text) or ("error", {codes})."""
     if kind == "bytes":
         return "error", {"bad_type"}
+    if len(data) > dj_settings.WS_MAX_MESSAGE_BYTES:
+        return "error", {"too_long"}
     try:
         obj = json.loads(data)
     except (ValueError, RecursionError):
