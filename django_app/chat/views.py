@@ -42,4 +42,8 @@ def index(request):
 def room(request, room):
     if not protocol.valid_room(room):
         raise Http404("invalid room name")
+    if not request.user.is_authenticated and request.session.session_key is None:
+        # Give an anonymous browser a session, so the WebSocket (same cookie) gets a
+        # stable anon-xxxx name of its own instead of one shared per client address.
+        request.session["chat_anon"] = True
     return render(request, "chat/room.html", {"room": room})

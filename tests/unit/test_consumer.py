@@ -195,3 +195,22 @@ async def test_anonymous_name_is_stable_per_session(session_cookie_anon):
     assert wa["user"] == wb["user"] and wa["user"].startswith("anon-")
     await a.close()
     await b.close()
+
+
+async def test_two_anonymous_sessions_get_different_names(session_cookie_anon):
+    from importlib import import_module
+
+    from django.conf import settings as dj
+    from channels.db import database_sync_to_async
+
+    @database_sync_to_async
+    def another_session():
+        store = import_module(dj.SESSION_ENGINE).SessionStore()
+        store["chat_anon"] = True
+        store.save()
+        return store.session_key
+
+    other = await another_session()
+    _, wa = await welcome("/ws/chat/anon2/", headers=[(b"cookie", f"sessionid={session_cookie_anon}".encode())])
+    _, wb = await welcome("/ws/chat/anon2/", headers=[(b"cookie", f"sessionid={other}".encode())])
+    assert wa["user"] != wb["user"]

@@ -158,3 +158,11 @@ def test_token_api_bad_body_400(alice, body):
     resp = client.post("/api/tokens/", body, content_type="application/json", headers={"X-CSRFToken": csrf})
     assert resp.status_code == 400 and resp.json()["error"]
     assert ApiToken.objects.count() == 0
+
+
+def test_room_page_gives_each_anonymous_browser_its_own_session():
+    """Two browsers without cookies get two sessions, hence two different anon names."""
+    first, second = Client().get("/chat/lobby/"), Client().get("/chat/lobby/")
+    assert first.status_code == second.status_code == 200
+    a, b = first.cookies.get("sessionid"), second.cookies.get("sessionid")
+    assert a and b and a.value != b.value
