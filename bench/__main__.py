@@ -1,0 +1,141 @@
+"""`python -m bench`: run the baseline and the product through the same scenarios.
+
+The stacks run one after the other, never together, so they never compete for
+the 2 cores; each is started fresh on free loopback ports and torn down after.
+"""
+import argparse
+import datetime as dt
+import os
+import platform
+import sys
+import time
+
+from bench import capacity, report
+from bench.baseline_stack import BaselineStack
+from bench.fanout import Scenario, run_scenario
+from bench.procs import REPO
+from bench.product_stack import ProductStack
+
+STEPS = [100, 250, 500, 1000, 2000, 3000, 4000, 6000, 8000, 10000, 12000, 15000, 20000, 25000, 30000]
+FULL = {
+    "N10": dict(rooms=1, subs_per_room=10, pubs_per_room=2, steps=STEPS),
+    "N100": dict(rooms=1, subs_per_room=100, pubs_per_room=2, steps=STEPS),
+    "N500": dict(rooms=1, subs_per_room=500, pubs_per_room=2, steps=STEPS),
+}
+SMOKE = {"N10": dict(rooms=1, subs_per_room=10, pubs_per_room=1, steps=[100, 200], duration=1.0, drain_s=2.0,
+                     max_failures=2)}
+
+
+def machine():
+    import psutil
+
+    try:
+        model = next(line.split(":", 1)[1].strip() for line in open("/proc/cpuinfo") if line.startswith("model name"))
+    except (OSError, StopIteration):
+        model = platform.processor() or "unknown CPU"
+    return (f"{platform.system()} {platform.release()}, {psutil.cpu_count()} cores ({model}), "
+            f"{psutil.virtual_memory().total / 2**30:.0f} GiB, Python {platform.python_version()}")
+
+
+def versions():
+    from importlib.metadata import PackageNotFoundError, version
+
+    out = {}
+    for pkg in ("Django", "channels", "channels-redis", "daphne", "redis", "websockets", "uvloop", "orjson"):
+        try:
+            out[pkg] = version(pkg)
+        except PackageNotFoundError:
+            out[pkg] = None
+    return out
+
+
+def make_stack(label, workers, extra_env):
+    """`baseline`, `ours`, `ours+VARIANT[+...]` (bench/variants, +asynccommit), `ours@uvicorn` (server swap)."""
+    if label == "baseline":
+        return BaselineStack(workers)
+    name, _, server = label.partition("@")
+    base, *variants = name.split("+")
+    if base != "ours" or server not in ("", "uvicorn"):
+        sys.exit(f"unknown stack {label!r}: baseline, ours, ours+uvloop, ours@uvicorn")
+    env = dict(extra_env)
+    if variants:
+        env["BENCH_VARIANTS"] = ",".join(variants)
+        env["PYTHONPATH"] = os.pathsep.join([str(REPO / "bench" / "variants"), str(REPO)])
+    return ProductStack(workers, env)
+
+
+def parse(argv):
+    ap = argparse.ArgumentParser(prog="scripts/bench", description=__doc__)
+    ap.add_argument("--smoke", action="store_true", help="tiny loads, < 60 s, no capacity targets")
+    ap.add_argument("--stacks", default="baseline,ours", help="comma list: baseline, ours, ours+uvloop, ours@uvicorn")
+    ap.add_argument("--scenarios", default=None, help="comma list of scenario names (default: all of the mode)")
+    ap.add_argument("--duration", type=float, default=None, help="seconds of sending per step")
+    ap.add_argument("--steps", default=None, help="comma list of offered deliveries/s")
+    ap.add_argument("--workers", type=int, default=2, help="daphne workers per stack")
+    ap.add_argument("--pubs", type=int, default=None, help="publisher sockets per room (default: scenario's)")
+    ap.add_argument("--sub-procs", type=int, default=2, help="subscriber client processes")
+    ap.add_argument("--idle-per-worker", type=int, default=None, help="idle sockets per worker (0: skip)")
+    ap.add_argument("--connects", type=int, default=None, help="sockets opened to time connects/s")
+    ap.add_argument("--env", action="append", default=[], help="KEY=VALUE override for the product stack")
+    ap.add_argument("--out", default=str(REPO / "bench" / "results" / "latest"))
+    return ap.parse_args(argv)
+
+
+def main(argv=None):
+    args = parse(argv)
+    table = SMOKE if args.smoke else FULL
+    names = args.scenarios.split(",") if args.scenarios else list(table)
+    unknown = [n for n in names if n not in table]
+    if unknown:
+        sys.exit(f"unknown scenario(s) {unknown}; choose from {list(table)}")
+    idle = args.idle_per_worker if args.idle_per_worker is not None else (50 if args.smoke else 10000)
+    connects = args.connects if args.connects is not None else (50 if args.smoke else 1500)
+    extra_env = dict(kv.split("=", 1) for kv in args.env)
+    results = {
+        "meta": {"started": dt.datetime.now(dt.timezone.utc).isoformat(timespec="seconds"),
+                 "machine": machine(), "versions": versions(), "mode": "smoke" if args.smoke else "full",
+                 "loadavg_before": os.getloadavg(), "argv": sys.argv[1:], "product_env_overrides": {}},
+        "scenarios": names, "stacks": {},
+    }
+    t_start = time.monotonic()
+    for label in args.stacks.split(","):
+        stack = make_stack(label, args.workers, extra_env)
+        print(f"== {label}: starting stack", flush=True)
+        if label.startswith("ours"):
+            results["meta"]["product_env_overrides"] = {k: v for k, v in stack.overrides.items()
+                                                        if k not in ("PYTHONPATH", "BENCH_VARIANTS")}
+        stack.up()
+        try:
+            if label.endswith("@uvicorn"):
+                stack.swap_ws_to_uvicorn()
+            if "+asynccommit" in label:
+                # Bench-only: Postgres acknowledges COMMIT before its WAL flush.
+                stack.postgres_sql("ALTER SYSTEM SET synchronous_commit = off")
+                stack.postgres_sql("SELECT pg_reload_conf()")
+            out = results["stacks"][label] = {"label": stack.label, "fanout": {}}
+            for name in names:
+                kw = dict(table[name], name=name, sub_procs=args.sub_procs)
+                if args.duration:
+                    kw["duration"] = args.duration
+                if args.pubs:
+                    kw["pubs_per_room"] = args.pubs
+                if args.steps:
+                    kw["steps"] = [int(s) for s in args.steps.split(",")]
+                print(f"== {label}: fan-out {name}", flush=True)
+                out["fanout"][name] = run_scenario(stack, Scenario(**kw), log=lambda m: print(m, flush=True))
+            if idle or connects:
+                print(f"== {label}: idle capacity", flush=True)
+                out["capacity"] = capacity.measure(stack, connects=connects, idle_per_worker=idle,
+                                                   log=lambda m: print(m, flush=True))
+        finally:
+            stack.down()
+    results["meta"]["seconds"] = round(time.monotonic() - t_start, 1)
+    results["meta"]["loadavg_after"] = os.getloadavg()
+    out_dir = report.write(results, args.out)
+    print(report.markdown(results))
+    print(f"wrote {out_dir}/results.json, results.md, fanout.png in {results['meta']['seconds']} s")
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())

@@ -1,0 +1,367 @@
+"""Load-generator processes: subscribers and publishers, each its own OS process.
+
+One asyncio loop per process (uvloop when installed) talking to the controller
+over a multiprocessing Pipe. Keeping the client out of the controller's
+process, and several of them, is what lets the report show the client's CPU
+separately and prove it is not the bottleneck.
+
+Message text carries `B<step>|<room>|<seq>|<send time ns>`: the subscriber
+bins each delivery by step and measures latency from the same clock (one host,
+CLOCK_REALTIME), so no server field is trusted for timing.
+"""
+import asyncio
+import math
+import multiprocessing as mp
+import time
+from array import array
+from collections import Counter, defaultdict
+
+import websockets
+from websockets.asyncio.client import connect
+
+try:
+    import orjson as _json
+
+    loads = _json.loads
+
+    def dumps(obj):
+        return _json.dumps(obj).decode()
+except ImportError:  # pragma: no cover - orjson is in requirements-dev
+    import json as _json
+
+    loads, dumps = _json.loads, _json.dumps
+
+ORIGIN = "http://127.0.0.1"
+MARK = "B"
+CONNECT_TIMEOUT = 10.0
+
+
+def _run(coro_factory, conn):
+    try:
+        import uvloop
+
+        uvloop.run(coro_factory(conn))
+    except ImportError:  # pragma: no cover
+        asyncio.run(coro_factory(conn))
+
+
+async def _open(url, origin=ORIGIN):
+    """Connect and read the welcome frame; returns (ws, worker id or None)."""
+    ws = await asyncio.wait_for(
+        connect(url, origin=origin, compression=None, max_queue=None, open_timeout=CONNECT_TIMEOUT, proxy=None,
+                ping_interval=None, close_timeout=2),
+        CONNECT_TIMEOUT)
+    first = await asyncio.wait_for(ws.recv(), CONNECT_TIMEOUT)
+    try:
+        doc = loads(first)
+    except ValueError:
+        doc = {}
+    return ws, doc.get("worker")
+
+
+class _Cmd:
+    """Reads controller commands without blocking the event loop."""
+
+    def __init__(self, conn):
+        self.conn = conn
+
+    async def next(self):
+        return await asyncio.get_running_loop().run_in_executor(None, self.conn.recv)
+
+    def reply(self, obj):
+        self.conn.send(obj)
+
+
+# --------------------------------------------------------------------- subscribers
+class Subscribers:
+    """Holds subscriber sockets; bins every delivery by the step tag in its text."""
+
+    def __init__(self):
+        self.socks = defaultdict(list)  # room -> [(ws, worker, task)]
+        self.count = Counter()  # step -> deliveries
+        self.lat = defaultdict(lambda: array("q"))  # step -> latency in us
+        self.closed = Counter()  # close code -> sockets lost
+        self.other = 0  # frames that were not bench messages (errors, history)
+
+    async def _reader(self, room, ws):
+        count, lat = self.count, self.lat
+        try:
+            async for raw in ws:
+                now = time.time_ns()
+                try:
+                    text = loads(raw).get("message")
+                except (ValueError, AttributeError):
+                    text = None
+                if not text or text[0] != MARK:
+                    self.other += 1
+                    continue
+                step, _room, _seq, sent = text[1:].split("|", 4)[:4]
+                count[step] += 1
+                lat[step].append((now - int(sent)) // 1000)
+        except websockets.ConnectionClosed:
+            pass
+        finally:
+            code = ws.close_code if ws.close_code is not None else 1006
+            self.closed[code] += 1
+            self.socks[room] = [s for s in self.socks[room] if s[0] is not ws]
+
+    async def ensure(self, urls, rooms, workers, concurrency=64, deadline_s=60.0):
+        """Top each room up to its target, at most ceil(k/workers) per worker per room.
+
+        Through nginx the balancer picks the worker, so a socket landing on a
+        worker already at quota is closed and retried (bounded attempts).
+        """
+        sem = asyncio.Semaphore(concurrency)
+        deadline = time.monotonic() + deadline_s
+        failures = Counter()
+        rr = [0]
+
+        async def one(room, quota, per_worker):
+            async with sem:
+                for _attempt in range(12):
+                    if time.monotonic() > deadline:
+                        failures["deadline"] += 1
+                        return
+                    url = urls[rr[0] % len(urls)]
+                    rr[0] += 1
+                    try:
+                        ws, worker = await _open(f"{url}/ws/chat/{room}/")
+                    except (OSError, asyncio.TimeoutError, websockets.InvalidHandshake,
+                            websockets.ConnectionClosed) as exc:
+                        failures[type(exc).__name__] += 1
+                        await asyncio.sleep(0.05)
+                        continue
+                    if per_worker[worker] >= quota:
+                        await ws.close()
+                        continue
+                    per_worker[worker] += 1
+                    task = asyncio.create_task(self._reader(room, ws))
+                    self.socks[room].append((ws, worker, task))
+                    return
+                failures["unbalanced"] += 1
+
+        jobs = []
+        for room, k in rooms.items():
+            quota = math.ceil(k / max(1, workers))
+            per_worker = Counter(w for _ws, w, _t in self.socks[room])
+            for _ in range(k - len(self.socks[room])):
+                jobs.append(one(room, quota, per_worker))
+        await asyncio.gather(*jobs)
+        dist = Counter(w for socks in self.socks.values() for _ws, w, _t in socks)
+        return {"workers": dict(dist), "alive": sum(dist.values()), "failures": dict(failures)}
+
+    async def close_all(self):
+        socks = [s for lst in self.socks.values() for s in lst]
+        await asyncio.gather(*(ws.close() for ws, _w, _t in socks), return_exceptions=True)
+        await asyncio.gather(*(t for _ws, _w, t in socks), return_exceptions=True)
+        self.socks.clear()
+
+    def collect(self, step):
+        step = str(step)
+        lat = self.lat.pop(step, array("q"))
+        return {"received": self.count.pop(step, 0), "lat_us": lat.tobytes(),
+                "closed": dict(self.closed), "other": self.other,
+                "alive": sum(len(v) for v in self.socks.values())}
+
+
+async def _subscriber_main(conn):
+    cmd, subs = _Cmd(conn), Subscribers()
+    while True:
+        msg = await cmd.next()
+        op = msg["op"]
+        if op == "ensure":
+            cmd.reply(await subs.ensure(msg["urls"], msg["rooms"], msg["workers"]))
+        elif op == "count":
+            cmd.reply(subs.count.get(str(msg["step"]), 0))
+        elif op == "collect":
+            cmd.reply(subs.collect(msg["step"]))
+        elif op == "close_all":
+            await subs.close_all()
+            cmd.reply(True)
+        elif op == "exit":
+            await subs.close_all()
+            cmd.reply(True)
+            return
+
+
+# ---------------------------------------------------------------------- publishers
+class Publishers:
+    """Publisher sockets sending at a fixed rate; counts the server's refusals."""
+
+    def __init__(self):
+        self.socks = []  # [(room, ws)]
+        self.errors = Counter()  # error code -> n
+        self.tasks = []
+
+    async def _drain(self, ws):
+        """Read (and drop) the echo of our own messages so TCP never backs up."""
+        try:
+            async for raw in ws:
+                if '"chat.error"' in raw:
+                    try:
+                        self.errors[loads(raw).get("code", "?")] += 1
+                    except ValueError:
+                        self.errors["?"] += 1
+        except websockets.ConnectionClosed:
+            self.errors[f"closed:{ws.close_code}"] += 1
+
+    async def connect(self, url, rooms, per_room, n_workers=1):
+        """Publisher sockets spread evenly over the workers (retry while unbalanced, bounded)."""
+        workers = Counter()
+        for room in rooms:
+            for _ in range(per_room):
+                quota = math.ceil((sum(workers.values()) + 1) / max(1, n_workers))
+                for attempt in range(8):
+                    ws, worker = await _open(f"{url}/ws/chat/{room}/")
+                    if workers[worker] < quota or attempt == 7:
+                        break
+                    await ws.close()
+                workers[worker] += 1
+                self.socks.append((room, ws))
+                self.tasks.append(asyncio.create_task(self._drain(ws)))
+        return dict(workers)
+
+    async def run(self, step, rate, duration, pad=""):
+        """Send round(rate*duration) messages evenly spaced; never more, never longer than 3x."""
+        loop = asyncio.get_running_loop()
+        total = max(1, round(rate * duration))
+        sent = Counter()
+        live = [(room, ws) for room, ws in self.socks if ws.close_code is None]
+        if not live:
+            return {"sent": {}, "elapsed": 0.0, "errors": dict(self.errors)}
+        t0 = loop.time()
+        hard_stop = t0 + 3 * duration + 5
+        i = 0
+        while i < total and loop.time() < hard_stop:
+            due = min(total, int((loop.time() - t0) * rate) + 1)
+            while i < due:
+                room, ws = live[i % len(live)]
+                text = f"{MARK}{step}|{room}|{i}|{time.time_ns()}{pad}"
+                try:
+                    await ws.send('{"message":"' + text + '"}')
+                    sent[room] += 1
+                except websockets.ConnectionClosed:
+                    self.errors["send_closed"] += 1
+                i += 1
+            wait = t0 + i / rate - loop.time()
+            if wait > 0:
+                await asyncio.sleep(wait)
+        return {"sent": dict(sent), "elapsed": loop.time() - t0, "errors": dict(self.errors)}
+
+    async def close_all(self):
+        await asyncio.gather(*(ws.close() for _r, ws in self.socks), return_exceptions=True)
+        await asyncio.gather(*self.tasks, return_exceptions=True)
+        self.socks, self.tasks = [], []
+
+
+async def _publisher_main(conn):
+    cmd, pubs = _Cmd(conn), Publishers()
+    while True:
+        msg = await cmd.next()
+        op = msg["op"]
+        if op == "connect":
+            cmd.reply(await pubs.connect(msg["url"], msg["rooms"], msg["per_room"], msg.get("n_workers", 1)))
+        elif op == "run":
+            cmd.reply(await pubs.run(msg["step"], msg["rate"], msg["duration"], msg.get("pad", "")))
+        elif op == "errors":
+            cmd.reply(dict(pubs.errors))
+        elif op in ("close_all", "exit"):
+            await pubs.close_all()
+            cmd.reply(True)
+            if op == "exit":
+                return
+
+
+# ------------------------------------------------------------------ idle capacity
+async def _idle_main(conn):
+    """Opens many idle sockets as fast as allowed; timing is measured here, not in the controller."""
+    cmd, held = _Cmd(conn), []
+    while True:
+        msg = await cmd.next()
+        op = msg["op"]
+        if op == "open":
+            sem = asyncio.Semaphore(msg.get("concurrency", 100))
+            fails = Counter()
+            deadline = time.monotonic() + msg.get("deadline_s", 120)
+
+            async def one(url):
+                async with sem:
+                    if time.monotonic() > deadline:
+                        fails["deadline"] += 1
+                        return
+                    try:
+                        ws, _w = await _open(url)
+                        held.append(ws)
+                    except (OSError, asyncio.TimeoutError, websockets.InvalidHandshake,
+                            websockets.ConnectionClosed) as exc:
+                        fails[type(exc).__name__] += 1
+
+            t0 = time.monotonic()
+            before = len(held)
+            await asyncio.gather(*(one(msg["urls"][i % len(msg["urls"])]) for i in range(msg["n"])))
+            cmd.reply({"opened": len(held) - before, "elapsed": time.monotonic() - t0, "failures": dict(fails)})
+        elif op == "alive":
+            cmd.reply(sum(1 for ws in held if ws.close_code is None))
+        elif op in ("close_all", "exit"):
+            await asyncio.gather(*(ws.close() for ws in held), return_exceptions=True)
+            held.clear()
+            cmd.reply(True)
+            if op == "exit":
+                return
+
+
+ROLES = {"sub": _subscriber_main, "pub": _publisher_main, "idle": _idle_main}
+
+
+def _entry(role, conn):
+    from bench.procs import raise_nofile
+
+    raise_nofile()
+    _run(ROLES[role], conn)
+
+
+class Proc:
+    """Controller-side handle of one client process (spawned: no inherited loop state)."""
+
+    def __init__(self, role):
+        ctx = mp.get_context("spawn")
+        self.conn, child = ctx.Pipe()
+        self.role = role
+        self.proc = ctx.Process(target=_entry, args=(role, child), daemon=True, name=f"bench-{role}")
+        self.proc.start()
+
+    @property
+    def pid(self):
+        return self.proc.pid
+
+    def send(self, **msg):
+        self.conn.send(msg)
+
+    def recv(self, timeout=120.0):
+        if not self.conn.poll(timeout):
+            raise TimeoutError(f"bench {self.role} process {self.pid} did not answer in {timeout}s")
+        try:
+            return self.conn.recv()
+        except (EOFError, OSError) as exc:
+            raise RuntimeError(f"bench {self.role} process {self.pid} died "
+                               f"(exit code {self.proc.exitcode}); see its traceback above") from exc
+
+    def call(self, timeout=120.0, **msg):
+        self.send(**msg)
+        return self.recv(timeout)
+
+    def close(self):
+        try:
+            if self.proc.is_alive():
+                self.call(timeout=15, op="exit")
+        except (TimeoutError, OSError, EOFError):
+            pass
+        self.proc.join(5)
+        if self.proc.is_alive():
+            self.proc.kill()
+            self.proc.join(5)
+
+
+def pids_of(procs):
+    return {f"client-{p.role}{i}": p.pid for i, p in enumerate(procs)}
+

@@ -1,0 +1,74 @@
+"""Process plumbing shared by the bench's own stacks: free ports, bounded waits.
+
+Every wait has a deadline so a server that never comes up fails the run with
+its log tail instead of hanging it.
+"""
+import os
+import resource
+import signal
+import socket
+import subprocess
+import time
+from pathlib import Path
+
+REPO = Path(__file__).resolve().parent.parent
+VENV_BIN = REPO / ".venv" / "bin"
+
+
+def free_port():
+    """A port the kernel says is free now (tiny race accepted: loopback, retried by callers)."""
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return s.getsockname()[1]
+
+
+def raise_nofile():
+    """Lift the soft fd limit to the hard one: idle-capacity runs hold 10k+ sockets."""
+    soft, hard = resource.getrlimit(resource.RLIMIT_NOFILE)
+    if soft < hard:
+        resource.setrlimit(resource.RLIMIT_NOFILE, (hard, hard))
+    return hard
+
+
+def wait_port(port, proc=None, timeout=20.0, log=None):
+    """Wait until something accepts on 127.0.0.1:port, or fail with the log tail."""
+    deadline = time.monotonic() + timeout
+    while time.monotonic() < deadline:
+        if proc is not None and proc.poll() is not None:
+            break
+        try:
+            with socket.create_connection(("127.0.0.1", port), timeout=0.5):
+                return
+        except OSError:
+            time.sleep(0.05)
+    tail = ""
+    if log and Path(log).exists():
+        tail = Path(log).read_text(errors="replace")[-2000:]
+    raise RuntimeError(f"nothing listening on 127.0.0.1:{port} after {timeout}s\n{tail}")
+
+
+def spawn(argv, log_path, env=None, cwd=REPO):
+    """Start a server with stdout+stderr in its own log, in its own process group."""
+    log = open(log_path, "ab")
+    return subprocess.Popen(argv, stdout=log, stderr=subprocess.STDOUT, env=env, cwd=cwd,
+                            start_new_session=True)
+
+
+def stop(proc, timeout=10.0):
+    """SIGTERM then SIGKILL after `timeout`: exactly the process we started."""
+    if proc is None or proc.poll() is not None:
+        return
+    proc.send_signal(signal.SIGTERM)
+    try:
+        proc.wait(timeout)
+    except subprocess.TimeoutExpired:
+        proc.kill()
+        proc.wait(5)
+
+
+def clean_env(**extra):
+    """Our environment plus PYTHONPATH=repo, so `bench.*` modules import in servers."""
+    env = dict(os.environ)
+    env["PYTHONPATH"] = os.pathsep.join(filter(None, [str(REPO), env.get("PYTHONPATH")]))
+    env.update({k: str(v) for k, v in extra.items()})
+    return env

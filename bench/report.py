@@ -1,0 +1,190 @@
+"""Turn one run's results into the three outputs: JSON, a markdown table, a PNG plot.
+
+Every "ours" figure sits next to the baseline's from the same run with the
+ratio, because absolute numbers on a shared 2-core box mean little alone.
+"""
+import json
+from pathlib import Path
+
+TARGET_KNEE_RATIO = 20.0
+TARGET_RATE, TARGET_P99_MS = 10000, 50.0
+TARGET_IDLE, TARGET_RSS_KIB, TARGET_CONNECTS = 10000, 20.0, 2000
+
+
+def _ratio(ours, base, invert=False):
+    if not ours or not base:
+        return None
+    return round((base / ours) if invert else (ours / base), 2)
+
+
+def _knee(stack, name):
+    res = stack.get("fanout", {}).get(name) or {}
+    return res.get("knee") or {}
+
+
+def summary(results):
+    """Headline rows (metric, baseline, ours, ratio) and the target verdicts."""
+    base, ours = results["stacks"].get("baseline", {}), results["stacks"].get("ours", {})
+    rows = []
+    for name in results["scenarios"]:
+        kb, ko = _knee(base, name), _knee(ours, name)
+        rows.append((f"{name}: loss-free delivered/s (knee)", kb.get("delivered_per_s"), ko.get("delivered_per_s"),
+                     _ratio(ko.get("delivered_per_s"), kb.get("delivered_per_s"))))
+        rows.append((f"{name}: p99 at knee, ms", kb.get("p99_ms"), ko.get("p99_ms"),
+                     _ratio(ko.get("p99_ms"), kb.get("p99_ms"), invert=True)))
+    cb, co = base.get("capacity", {}), ours.get("capacity", {})
+    if cb or co:
+        rows.append(("idle sockets per worker", cb.get("sockets_per_worker"), co.get("sockets_per_worker"),
+                     _ratio(co.get("sockets_per_worker"), cb.get("sockets_per_worker"))))
+        rows.append(("RSS per idle socket, KiB", cb.get("rss_per_socket_kib"), co.get("rss_per_socket_kib"),
+                     _ratio(co.get("rss_per_socket_kib"), cb.get("rss_per_socket_kib"), invert=True)))
+        rows.append(("connects/s through nginx", (cb.get("connects") or {}).get("per_s"),
+                     (co.get("connects") or {}).get("per_s"),
+                     _ratio((co.get("connects") or {}).get("per_s"), (cb.get("connects") or {}).get("per_s"))))
+    return rows
+
+
+def targets(results):
+    """Each issue target with the measured value and met / not met."""
+    base, ours = results["stacks"].get("baseline", {}), results["stacks"].get("ours", {})
+    out = []
+    ratios = [_ratio(_knee(ours, n).get("delivered_per_s"), _knee(base, n).get("delivered_per_s"))
+              for n in results["scenarios"]]
+    ratios = [r for r in ratios if r]
+    best = min(ratios) if ratios else None
+    out.append(("≥ 20× baseline loss-free delivered/s (every scenario)", best,
+                bool(best and best >= TARGET_KNEE_RATIO)))
+    fast = [r for res in ours.get("fanout", {}).values() for r in res.get("steps", [])
+            if r["delivered_per_s"] >= TARGET_RATE and r["lost"] == 0 and r["p99_ms"] is not None]
+    p99 = min((r["p99_ms"] for r in fast), default=None)
+    out.append(("p99 ≤ 50 ms at ≥ 10,000 delivered/s, 0 loss", p99, bool(p99 is not None and p99 <= TARGET_P99_MS)))
+    cap = ours.get("capacity") or {}
+    if cap:
+        out.append(("≥ 10,000 idle sockets per worker", cap.get("sockets_per_worker"),
+                    (cap.get("sockets_per_worker") or 0) >= TARGET_IDLE))
+        out.append(("≤ 20 KiB RSS per idle socket", cap.get("rss_per_socket_kib"),
+                    cap.get("rss_per_socket_kib") is not None and cap["rss_per_socket_kib"] <= TARGET_RSS_KIB))
+        cps = (cap.get("connects") or {}).get("per_s")
+        out.append(("≥ 2,000 connects/s", cps, bool(cps and cps >= TARGET_CONNECTS)))
+    return out
+
+
+def _fmt(v):
+    if v is None:
+        return "—"
+    if isinstance(v, float):
+        return f"{v:,.2f}" if v < 100 else f"{v:,.0f}"
+    if isinstance(v, int):
+        return f"{v:,}"
+    return str(v)
+
+
+def _cpu_cols(row):
+    cpu = row.get("cpu_pct", {})
+    ws = "/".join(f"{v:.0f}" for k, v in sorted(cpu.items()) if k.startswith("ws"))
+    client = sum(v for k, v in cpu.items() if k.startswith("client"))
+    client_max = max((v for k, v in cpu.items() if k.startswith("client")), default=0)
+    return ws, f"{cpu.get('redis', 0):.0f}", f"{cpu.get('nginx', 0):.0f}", f"{cpu.get('postgres', 0):.0f}", \
+        f"{client:.0f} (max {client_max:.0f})"
+
+
+def markdown(results):
+    lines = [f"Run {results['meta']['started']} on {results['meta']['machine']}; mode `{results['meta']['mode']}`.", ""]
+    lines += ["| metric | baseline | ours | ours ÷ baseline |", "| --- | ---: | ---: | ---: |"]
+    for metric, b, o, r in summary(results):
+        lines.append(f"| {metric} | {_fmt(b)} | {_fmt(o)} | {_fmt(r)}{'×' if r else ''} |")
+    lines += ["", "Ratios are oriented so > 1 favours ours: p99 and RSS rows are baseline ÷ ours."]
+    lines += ["", "| target | measured (ours) | met |", "| --- | ---: | :---: |"]
+    for name, value, ok in targets(results):
+        lines.append(f"| {name} | {_fmt(value)} | {'yes' if ok else '**no**'} |")
+    extra = [label for label in results["stacks"] if label not in ("baseline", "ours")]
+    if extra:
+        lines += ["", "Options measured in the same run (bench-only; not the product unless stated):", "",
+                  "| stack | " + " | ".join(f"{n} knee/s" for n in results["scenarios"]) + " | ÷ baseline | ÷ ours |",
+                  "| --- | " + " | ".join("---:" for _ in results["scenarios"]) + " | --- | --- |"]
+        for label in ["ours"] + extra:
+            st = results["stacks"].get(label, {})
+            knees = [_knee(st, n).get("delivered_per_s") for n in results["scenarios"]]
+            vs_base = [_ratio(k, _knee(results["stacks"].get("baseline", {}), n).get("delivered_per_s"))
+                       for k, n in zip(knees, results["scenarios"])]
+            vs_ours = [_ratio(k, _knee(results["stacks"].get("ours", {}), n).get("delivered_per_s"))
+                       for k, n in zip(knees, results["scenarios"])]
+            lines.append(f"| {label} | " + " | ".join(_fmt(k) for k in knees) + " | "
+                         + ", ".join(f"{_fmt(r)}×" if r else "—" for r in vs_base) + " | "
+                         + ", ".join(f"{_fmt(r)}×" if r else "—" for r in vs_ours) + " |")
+    for name in results["scenarios"]:
+        for label in results["stacks"]:
+            res = results["stacks"].get(label, {}).get("fanout", {}).get(name)
+            if not res:
+                continue
+            sc = res["scenario"]
+            lines += ["", f"**{name}, {label}**: {sc['rooms']} room(s) × {sc['subs_per_room']} subscribers, "
+                          f"{sc['pubs_per_room']} publisher socket(s)/room, {sc['duration']} s per step; "
+                          f"subscribers per worker {sorted(res['distribution'].values())}.", "",
+                      "| offered/s | delivered/s | lost | refused | shed | p50 ms | p95 ms | p99 ms "
+                      "| CPU% ws | redis | nginx | postgres | clients | ok |",
+                      "| ---: | ---: | ---: | --- | --- | ---: | ---: | ---: | --- | ---: | ---: | ---: | --- | :---: |"]
+            for r in res["steps"]:
+                ws, redis, nginx, pg, client = _cpu_cols(r)
+                lines.append(f"| {_fmt(r['offered_per_s'])} | {_fmt(r['delivered_per_s'])} | {_fmt(r['lost'])} "
+                             f"| {r['refused'] or ''} | {r['shed_sockets'] or ''} | {_fmt(r['p50_ms'])} "
+                             f"| {_fmt(r['p95_ms'])} | {_fmt(r['p99_ms'])} | {ws} | {redis} | {nginx} | {pg} "
+                             f"| {client} | {'yes' if r['ok'] else 'no'} |")
+    for label in results["stacks"]:
+        cap = results["stacks"].get(label, {}).get("capacity")
+        if not cap:
+            continue
+        c = cap["connects"]
+        lines += ["", f"**idle capacity, {label}**: {c['opened']}/{c['attempted']} connects through nginx in "
+                      f"{c['seconds']} s = {_fmt(c['per_s'])}/s (concurrency {c['concurrency']}).", "",
+                  "| worker | sockets held | RSS before MB | RSS after MB | KiB per socket | open s | failures |",
+                  "| --- | ---: | ---: | ---: | ---: | ---: | --- |"]
+        for w in cap["idle"]:
+            lines.append(f"| {w['worker']} | {_fmt(w['alive'])}/{_fmt(w['target'])} | {w['rss_before_mb']} "
+                         f"| {w['rss_after_mb']} | {_fmt(w['rss_per_socket_kib'])} | {w['open_s']} "
+                         f"| {w['failures'] or ''} |")
+    return "\n".join(lines) + "\n"
+
+
+def plot(results, path):
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    names = results["scenarios"]
+    fig, axes = plt.subplots(1, len(names), figsize=(5.2 * len(names), 4.2), squeeze=False)
+    for ax, name in zip(axes[0], names):
+        palette = iter(["tab:green", "tab:purple", "tab:orange", "tab:brown", "tab:olive"])
+        for label in results["stacks"]:
+            color = {"baseline": "tab:red", "ours": "tab:blue"}.get(label) or next(palette, "black")
+            res = results["stacks"].get(label, {}).get("fanout", {}).get(name)
+            if not res:
+                continue
+            pts = [r for r in res["steps"] if r["p99_ms"] is not None]
+            x = [r["delivered_per_s"] for r in pts]
+            ax.plot(x, [r["p99_ms"] for r in pts], "o-", color=color, label=f"{label} p99")
+            ax.plot(x, [r["p50_ms"] for r in pts], "x--", color=color, alpha=0.6, label=f"{label} p50")
+            for r in pts:
+                if r["lost"]:
+                    ax.annotate("loss", (r["delivered_per_s"], r["p99_ms"]), fontsize=7, color=color)
+        ax.axhline(250, color="grey", lw=0.8, ls=":")
+        ax.set_yscale("log")
+        ax.set_xlabel("delivered messages/s")
+        ax.set_ylabel("latency, ms (log)")
+        ax.set_title(f"fan-out {name}")
+        ax.grid(True, which="both", alpha=0.3)
+        ax.legend(fontsize=7)
+    fig.suptitle("Django Channels fan-out, 2 daphne workers: ours vs the seed's tutorial baseline", fontsize=10)
+    fig.tight_layout()
+    fig.savefig(path, dpi=110)
+    plt.close(fig)
+
+
+def write(results, out_dir):
+    out = Path(out_dir)
+    out.mkdir(parents=True, exist_ok=True)
+    (out / "results.json").write_text(json.dumps(results, indent=1, sort_keys=False))
+    (out / "results.md").write_text(markdown(results))
+    plot(results, out / "fanout.png")
+    return out
