@@ -19,7 +19,7 @@ from channels.generic.websocket import AsyncWebsocketConsumer
 from django.conf import settings
 from django.utils.crypto import salted_hmac
 
-from . import protocol, registry, store
+from . import layerwatch, protocol, registry, store
 from .auth import query_params
 
 logger = logging.getLogger(__name__)
@@ -117,6 +117,7 @@ class ChatConsumer(AsyncWebsocketConsumer):
         await self.close(code=code)
 
     async def connect(self):
+        self.layer_generation = layerwatch.generation
         self.room = self.scope["url_route"]["kwargs"].get("room", "")
         if registry.state.draining:
             return await self._refuse(protocol.CLOSE_RESTART, "draining")
@@ -152,6 +153,11 @@ class ChatConsumer(AsyncWebsocketConsumer):
             return await self._refuse(protocol.CLOSE_OVERLOADED, "backend unavailable")
         await self.accept()
         registry.live.add(self)
+        layerwatch.ensure_started()
+        if layerwatch.stale(self.layer_generation):
+            # Redis was resynced while we were connecting: start over on the fresh connection.
+            self.closed = True
+            return await self.close(code=protocol.CLOSE_RESTART)
         self.last_id = position
         await self.send(
             text_data=protocol.welcome(worker_id(), self.username, self.room, history, position)
