@@ -112,6 +112,7 @@ class ChatConsumer(AsyncWebsocketConsumer):
     async def _refuse(self, code: int, reason: str):
         """Accept then close so browsers see the close code (a rejected handshake hides it)."""
         logger.info("ws refused code=%s reason=%s path=%r", code, reason, self.scope.get("path"))
+        registry.refusals[f"close {code} {reason.split(':')[0]}"] += 1
         self.closed = True
         await self.accept()
         await self.close(code=code)
@@ -153,7 +154,6 @@ class ChatConsumer(AsyncWebsocketConsumer):
             return await self._refuse(protocol.CLOSE_OVERLOADED, "backend unavailable")
         await self.accept()
         registry.live.add(self)
-        layerwatch.ensure_started()
         if layerwatch.stale(self.layer_generation):
             # Redis was resynced while we were connecting: start over on the fresh connection.
             self.closed = True
@@ -174,6 +174,9 @@ class ChatConsumer(AsyncWebsocketConsumer):
                 logger.warning("ws group_discard failed room=%s", self.room, exc_info=True)
 
     async def _error(self, code: str, detail: str):
+        registry.refusals[code] += 1
+        if code != protocol.ERR_RATE_LIMITED:  # a flood would flood the log too; it is counted
+            logger.info("ws error frame code=%s room=%s user=%s", code, self.room, self.username)
         await self.send(text_data=protocol.error(code, detail))
 
     async def receive(self, text_data=None, bytes_data=None):
@@ -184,6 +187,7 @@ class ChatConsumer(AsyncWebsocketConsumer):
             await self._error(protocol.ERR_RATE_LIMITED, "too many messages; slow down")
             if self.violations >= settings.CHAT_RATE_MAX_VIOLATIONS:
                 logger.warning("ws rate limit close user=%s room=%s", self.username, self.room)
+                registry.refusals[f"close {protocol.CLOSE_RATE_LIMIT} rate limit"] += 1
                 self.closed = True
                 await self.close(code=protocol.CLOSE_RATE_LIMIT)
             return
@@ -265,5 +269,6 @@ class NotFoundConsumer(AsyncWebsocketConsumer):
 
     async def connect(self):
         logger.info("ws unknown path %r", self.scope.get("path"))
+        registry.refusals[f"close {protocol.CLOSE_NOT_FOUND} unknown path"] += 1
         await self.accept()
         await self.close(code=protocol.CLOSE_NOT_FOUND)

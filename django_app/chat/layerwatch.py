@@ -29,7 +29,7 @@ generation = 0
 
 
 def ensure_started() -> None:
-    """Start the watcher on the running loop once per process (idempotent)."""
+    """Start the watcher on the running loop once per process (chat.wsserver calls it)."""
     global _task
     loop = asyncio.get_running_loop()
     if _task is None or _task.done() or _task.get_loop() is not loop:
@@ -43,6 +43,10 @@ async def _watch() -> None:
         try:
             run_id = (await client.info("server")).get("run_id")
         except Exception as exc:
+            if asyncio.current_task().cancelling():
+                # redis-py may turn our cancellation into a connection error: honour it,
+                # or the loop (and a worker's shutdown) would wait on us forever.
+                raise asyncio.CancelledError from exc
             if not unreachable:
                 logger.warning("channel layer: Redis unreachable (%s); sockets resync when it returns", exc)
             unreachable = True

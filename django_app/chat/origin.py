@@ -13,7 +13,7 @@ from channels.generic.websocket import AsyncWebsocketConsumer
 from channels.security.websocket import OriginValidator
 from django.conf import settings
 
-from . import protocol
+from . import protocol, registry
 
 logger = logging.getLogger(__name__)
 
@@ -49,4 +49,5 @@ class SettingsOriginValidator:
             return await self.application(scope, receive, send)
         client = scope.get("client") or ("?", "?")
         logger.warning("ws origin refused: %s path=%r client=%s:%s", reason, scope.get("path"), *client[:2])
+        registry.refusals[f"close {protocol.CLOSE_ORIGIN} origin"] += 1
         return await OriginRefused.as_asgi()(scope, receive, send)

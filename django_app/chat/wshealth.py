@@ -35,7 +35,14 @@ class WorkerHealthApp:
         if scope["type"] == "http" and path in ("/healthz", "/readyz"):
             if path == "/healthz":
                 return await _respond(
-                    send, 200, {"status": "ok", "worker": worker_id(), "sockets": registry.count()}
+                    send,
+                    200,
+                    {
+                        "status": "ok",
+                        "worker": worker_id(),
+                        "sockets": registry.count(),
+                        "refusals": dict(registry.refusals),
+                    },
                 )
             if registry.state.draining:
                 return await _respond(send, 503, {"status": "draining", "reason": "worker is draining"})

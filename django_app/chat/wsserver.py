@@ -20,6 +20,18 @@ from twisted.internet import reactor
 logger = logging.getLogger("chat.wsserver")
 
 POLL_SECONDS = 0.05
+SHED_CHECK_SECONDS = 1.0
+SHED_GRACE_SECONDS = 2.0
+
+
+def unsent_bytes(transport) -> int:
+    """Bytes handed to a Twisted TCP transport that the kernel has not taken yet.
+
+    Grows without bound when a client stops reading: the app's sends never block,
+    so this buffer is where a stuck client would pile up the room's traffic.
+    """
+    data = getattr(transport, "dataBuffer", b"")
+    return len(data) - getattr(transport, "offset", 0) + getattr(transport, "_tempDataLen", 0)
 
 
 class RestartCloseProtocol(WebSocketProtocol):
@@ -61,6 +73,44 @@ class DrainingServer(Server):
         loop = asyncio.get_event_loop()
         for sig in (signal.SIGTERM, signal.SIGINT):
             loop.add_signal_handler(sig, self._on_signal, sig)
+        reactor.callLater(SHED_CHECK_SECONDS, self._shed_slow_clients)
+        # The Redis-restart watcher belongs to the worker process (not to every ASGI
+        # host, e.g. tests), and must start once the loop runs.
+        from chat import layerwatch
+
+        loop.call_soon(layerwatch.ensure_started)
+
+    def _shed_slow_clients(self):
+        """Close sockets whose unsent backlog exceeds WS_MAX_SEND_BUFFER_BYTES.
+
+        A slow or stuck client must neither grow this worker's memory without bound
+        nor slow its room down: it gets close 1013 (try again later; it resumes with
+        ?after= and loses nothing) and, if it does not even read that, the TCP
+        connection is aborted. Each shed is logged and counted on /healthz.
+        """
+        from django.conf import settings
+
+        from chat import protocol, registry
+
+        limit = settings.WS_MAX_SEND_BUFFER_BYTES
+        try:
+            for proto in list(self.connections):
+                if not isinstance(proto, WebSocketProtocol) or getattr(proto, "chat_shed", False):
+                    continue
+                backlog = unsent_bytes(proto.transport)
+                if backlog <= limit:
+                    continue
+                proto.chat_shed = True
+                registry.refusals[f"close {protocol.CLOSE_OVERLOADED} slow consumer"] += 1
+                logger.warning(
+                    "shed slow client %s: %d bytes unsent > WS_MAX_SEND_BUFFER_BYTES=%d, closing %d",
+                    getattr(proto, "client_addr", "?"), backlog, limit, protocol.CLOSE_OVERLOADED,
+                )
+                proto.serverClose(code=protocol.CLOSE_OVERLOADED)
+                reactor.callLater(SHED_GRACE_SECONDS, proto.transport.abortConnection)
+        except Exception:
+            logger.exception("slow-client check failed")
+        reactor.callLater(SHED_CHECK_SECONDS, self._shed_slow_clients)
 
     def _on_signal(self, sig):
         if self._drain_task is not None:
