@@ -75,9 +75,4 @@ async def _resync(what: str) -> None:
     consumers = [c for c in list(registry.live) if stale(c.layer_generation)]
     logger.warning("channel layer: closing %d socket(s) with %d so they resubscribe and resume",
                    len(consumers), protocol.CLOSE_RESTART)
-    for consumer in consumers:
-        try:
-            consumer.closed = True
-            await consumer.close(code=protocol.CLOSE_RESTART)
-        except Exception:
-            logger.warning("channel layer: close failed during resync", exc_info=True)
+    await registry.close_sockets(consumers, protocol.CLOSE_RESTART, logger)

@@ -25,3 +25,17 @@ def count() -> int:
 # Every refusal this worker made, by kind (error-frame code, close reason, shed):
 # exposed on the worker's /healthz so operators can see what is being refused.
 refusals = collections.Counter()
+
+
+async def close_sockets(consumers, code: int, log) -> None:
+    """Close each consumer's socket with `code` (drain, Redis resync).
+
+    Marks them closed first so no further frame is sent; one failing close must
+    not spare the others.
+    """
+    for consumer in consumers:
+        try:
+            consumer.closed = True
+            await consumer.close(code=code)
+        except Exception:
+            log.warning("closing a socket with %d failed", code, exc_info=True)

@@ -129,12 +129,7 @@ class DrainingServer(Server):
             registry.state.draining = True
             consumers = list(registry.live)
             logger.info("drain: closing %d socket(s) with %d", len(consumers), protocol.CLOSE_RESTART)
-            for consumer in consumers:
-                try:
-                    consumer.closed = True
-                    await consumer.close(code=protocol.CLOSE_RESTART)
-                except Exception:
-                    logger.warning("drain: close failed", exc_info=True)
+            await registry.close_sockets(consumers, protocol.CLOSE_RESTART, logger)
             deadline = time.monotonic() + settings.WS_DRAIN_SECONDS
             while registry.count() and time.monotonic() < deadline:
                 await asyncio.sleep(POLL_SECONDS)
