@@ -6,8 +6,13 @@ that tried nothing must be visible as such rather than passing silently.
 from collections import Counter
 
 
+# Every Figures made in this session, for the terminal summary (tests/security/conftest.py).
+ALL = []
+
+
 class Figures:
     def __init__(self, title):
+        ALL.append(self)
         self.title = title
         self.inputs = Counter()
         self.refusals = Counter()
@@ -26,10 +31,13 @@ class Figures:
     def crashed(self):
         self.crashes += 1
 
-    def report(self):
+    def lines(self):
         lines = [f"== {self.title}: {sum(self.inputs.values())} inputs tried, "
                  f"{self.accepted_count} accepted, {sum(self.refusals.values())} refused, "
                  f"{self.crashes} crashes"]
         lines += [f"   tried    {k:<32} {v}" for k, v in sorted(self.inputs.items())]
         lines += [f"   refused  {k:<32} {v}" for k, v in sorted(self.refusals.items())]
-        print("\n" + "\n".join(lines))
+        return lines
+
+    def report(self):
+        print("\n" + "\n".join(self.lines()))
