@@ -5,6 +5,7 @@ checkov's `yaml` framework hands every entry of `services:` to these checks
 issue asks of every container are enforced on the file operators really run.
 """
 import re
+from abc import abstractmethod
 
 from checkov.common.models.enums import CheckCategories, CheckResult
 from checkov.yaml_doc.base_yaml_check import BaseYamlCheck
@@ -35,8 +36,9 @@ class _ComposeServiceCheck(BaseYamlCheck):
             return CheckResult.UNKNOWN
         return CheckResult.PASSED if self.ok(conf) else CheckResult.FAILED
 
+    @abstractmethod
     def ok(self, conf):
-        raise NotImplementedError
+        """True when the service `conf` follows the rule (each check defines it)."""
 
 
 @_service_check
