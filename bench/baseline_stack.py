@@ -42,7 +42,7 @@ http {{
 """
 
 
-class BaselineStack:
+class BaselineStack(procs.LoopbackURLs):
     """Same surface the bench uses from tests/stack.NativeStack: urls + server PIDs."""
 
     label = "baseline (seed tutorial)"
@@ -54,14 +54,6 @@ class BaselineStack:
         self.ws_ports = [procs.free_port() for _ in range(workers)]
         self.http_port = procs.free_port()
         self._procs = {}
-
-    @property
-    def http_url(self):
-        return f"http://127.0.0.1:{self.http_port}"
-
-    @property
-    def ws_base(self):
-        return f"ws://127.0.0.1:{self.http_port}"
 
     @property
     def ws_worker_urls(self):

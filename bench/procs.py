@@ -72,3 +72,17 @@ def clean_env(**extra):
     env["PYTHONPATH"] = os.pathsep.join(filter(None, [str(REPO), env.get("PYTHONPATH")]))
     env.update({k: str(v) for k, v in extra.items()})
     return env
+
+
+class LoopbackURLs:
+    """URLs of a bench stack whose nginx listens on 127.0.0.1:`http_port`."""
+
+    http_port: int
+
+    @property
+    def http_url(self):
+        return f"http://127.0.0.1:{self.http_port}"
+
+    @property
+    def ws_base(self):
+        return f"ws://127.0.0.1:{self.http_port}"

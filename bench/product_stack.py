@@ -32,7 +32,7 @@ def _read_pid(path):
         return None
 
 
-class ProductStack:
+class ProductStack(procs.LoopbackURLs):
     """Same surface as BaselineStack: urls, server PIDs, up/down."""
 
     label = "ours (product)"
@@ -72,14 +72,6 @@ class ProductStack:
                 for s in socks:
                     s.close()
         raise RuntimeError("no run of free ports found for the ws workers")
-
-    @property
-    def http_url(self):
-        return f"http://127.0.0.1:{self.http_port}"
-
-    @property
-    def ws_base(self):
-        return f"ws://127.0.0.1:{self.http_port}"
 
     @property
     def ws_worker_urls(self):
