@@ -1,10 +1,11 @@
-"""The chat WebSocket consumer: the hot path of the whole stack.
+"""The chat WebSocket consumer: one socket's half of the hot path.
 
 Flow of one message: receive() validates and rate-limits, persists FIRST (so an
 id exists only for stored messages), then publishes the already-serialised JSON
-once to the room group (Redis pub/sub). Every worker's chat_message() hands that
-text to its sockets, filling gaps from Postgres so each socket sees every id
-exactly once, in order, whichever worker published it and whatever Redis lost.
+once to the room group (Redis pub/sub). On every worker, chat.fanout's Room for
+that room hands the text to its local sockets in id order, filling gaps from
+Postgres, so each socket sees every id exactly once, whichever worker published
+it and whatever Redis lost.
 """
 import json
 import logging
@@ -16,17 +17,20 @@ from channels.consumer import get_handler_name
 from channels.db import database_sync_to_async
 from channels.exceptions import StopConsumer
 from channels.generic.websocket import AsyncWebsocketConsumer
+from channels.layers import get_channel_layer
 from django.conf import settings
 from django.utils.crypto import salted_hmac
 
-from . import layerwatch, protocol, registry, store
+from . import fanout, protocol, registry, store
 from .auth import query_params
 
 logger = logging.getLogger(__name__)
 
 _persist = database_sync_to_async(store.persist)
-_between = database_sync_to_async(store.between)
-_snapshot = database_sync_to_async(store.snapshot)
+
+
+async def _group_send(group: str, event: dict):
+    await get_channel_layer().group_send(group, event)
 
 
 def _storable(text: str) -> bool:
@@ -57,10 +61,6 @@ def anon_name(scope) -> str:
     return "anon-" + salted_hmac("chat.anon-name", basis).hexdigest()[:4]
 
 
-def group_name(room: str) -> str:
-    return f"room.{room}"
-
-
 class TokenBucket:
     """Per-connection rate limit; monotonic clock so wall-clock jumps don't matter."""
 
@@ -81,17 +81,35 @@ class TokenBucket:
 
 
 class ChatConsumer(AsyncWebsocketConsumer):
+    # No channel-layer channel per socket: the worker's Room (chat.fanout) holds the
+    # one subscription per room and calls send() on its sockets. An alias that is not
+    # configured makes Channels skip the per-socket channel and its receive task.
+    channel_layer_alias = "chat.fanout"
     room = None
-    group = None
-    last_id = 0
+    hub = None
+    last_id = 0  # every id <= last_id has been sent to this socket, in order
     closed = False
+
+    async def __call__(self, scope, receive, send):
+        try:
+            await super().__call__(scope, receive, send)
+        finally:
+            # Also on cancellation (daphne's close timeout), when disconnect() never ran.
+            self._leave()
+
+    def _leave(self):
+        registry.live.discard(self)
+        self.closed = True
+        if self.hub is not None:
+            hub, self.hub = self.hub, None
+            hub.leave(self)
 
     async def dispatch(self, message):
         """Route to the handler WITHOUT channels' per-message aclose_old_connections.
 
         Channels >= 4.2 awaits aclose_old_connections() (a hop to a worker thread)
-        before every handler, i.e. once per socket per broadcast message: under
-        fan-out that thread hop dominates the cost. It is redundant here because
+        before every handler, i.e. once per frame a client sends: for publishers
+        that hop costs as much as the rest of the handler. It is redundant here because
         every DB access goes through database_sync_to_async, whose thread wrapper
         already closes stale connections before and after each call.
 
@@ -118,7 +136,6 @@ class ChatConsumer(AsyncWebsocketConsumer):
         await self.close(code=code)
 
     async def connect(self):
-        self.layer_generation = layerwatch.generation
         self.room = self.scope["url_route"]["kwargs"].get("room", "")
         if registry.state.draining:
             return await self._refuse(protocol.CLOSE_RESTART, "draining")
@@ -141,37 +158,25 @@ class ChatConsumer(AsyncWebsocketConsumer):
         self.username = user.get_username() if authenticated else anon_name(self.scope)
         self.bucket = TokenBucket(settings.CHAT_RATE_PER_SEC, settings.CHAT_RATE_BURST)
         self.violations = 0
+        hub = fanout.room(self.room)
         try:
-            # Join BEFORE reading history: anything published meanwhile is queued
-            # and then de-duplicated against the snapshot position.
-            await self.channel_layer.group_add(group_name(self.room), self.channel_name)
-            self.group = group_name(self.room)
-            history, position = await _snapshot(
-                self.room, after, settings.CHAT_HISTORY_SIZE, settings.CHAT_RESUME_MAX
-            )
+            history, position = await hub.snapshot(after)
         except Exception:
+            hub.release()
             logger.exception("ws connect failed (Redis or Postgres) room=%s", self.room)
             return await self._refuse(protocol.CLOSE_OVERLOADED, "backend unavailable")
-        await self.accept()
-        registry.live.add(self)
-        if layerwatch.stale(self.layer_generation):
-            # Redis was resynced while we were connecting: start over on the fresh connection.
-            self.closed = True
-            return await self.close(code=protocol.CLOSE_RESTART)
-        self.last_id = position
-        await self.send(
-            text_data=protocol.welcome(worker_id(), self.username, self.room, history, position)
-        )
+        self.hub = hub
+        try:
+            await self.accept()
+            registry.live.add(self)
+            self.last_id = position
+            await self.send(text_data=protocol.welcome(worker_id(), self.username, self.room, history, position))
+        finally:
+            # attach() gives the connect's hold on the Room back, whatever happens.
+            await hub.attach(self)
 
     async def disconnect(self, code):
-        registry.live.discard(self)
-        self.closed = True
-        if self.group:
-            group, self.group = self.group, None
-            try:
-                await self.channel_layer.group_discard(group, self.channel_name)
-            except Exception:
-                logger.warning("ws group_discard failed room=%s", self.room, exc_info=True)
+        self._leave()
 
     async def _error(self, code: str, detail: str):
         registry.refusals[code] += 1
@@ -222,47 +227,22 @@ class ChatConsumer(AsyncWebsocketConsumer):
             logger.exception("ws persist failed room=%s", self.room)
             return await self._error(protocol.ERR_UNAVAILABLE, "message not stored; try again later")
         payload = protocol.dumps(msg)
-        if msg["id"] == self.last_id + 1:
+        if msg["id"] == self.last_id + 1 and not self.closed:
             # The sender's own message is next in its sequence: acknowledge it now
             # rather than after the Redis round trip, so a client sees every accepted
             # message even if it is closed (rate limit, drain) before the echo arrives.
-            # Its broadcast copy is then dropped as a duplicate by _deliver.
-            await self._deliver(msg["id"], payload)
+            # The Room then skips it for this socket (id <= last_id).
+            self.last_id = msg["id"]
+            await self.send(text_data=payload)
+        hub = self.hub
+        if hub is not None:
+            hub.publish_local(msg["id"], payload)
         try:
-            await self.channel_layer.group_send(
-                self.group, {"type": "chat.message", "id": msg["id"], "text": payload}
-            )
+            await _group_send(fanout.group_name(self.room), {"type": fanout.MESSAGE_TYPE, "id": msg["id"], "text": payload})
         except Exception:
-            # Stored but not broadcast: the sender still sees it; others catch up
-            # through gap-fill on the next message or resume on reconnect.
+            # Stored but not broadcast: this worker's sockets already have it; other
+            # workers catch up through gap-fill on the next message or resume on reconnect.
             logger.warning("ws group_send failed room=%s id=%s", self.room, msg["id"], exc_info=True)
-            await self._deliver(msg["id"], payload)
-
-    async def chat_message(self, event):
-        if self.closed:
-            return
-        try:
-            await self._deliver(event["id"], event["text"])
-        except Exception:
-            # Without the missing ids we cannot keep the in-order promise: make the
-            # client reconnect and resume from what it has.
-            logger.exception("ws delivery failed room=%s id=%s", self.room, event.get("id"))
-            self.closed = True
-            await self.close(code=protocol.CLOSE_OVERLOADED)
-
-    async def _deliver(self, msg_id: int, text: str):
-        if msg_id <= self.last_id:
-            return
-        if msg_id > self.last_id + 1:
-            for missing in await _between(self.room, self.last_id + 1, msg_id - 1):
-                if missing["id"] == self.last_id + 1:
-                    await self.send(text_data=protocol.dumps(missing))
-                    self.last_id = missing["id"]
-            if self.last_id != msg_id - 1:
-                raise RuntimeError(f"gap fill incomplete: have {self.last_id}, need {msg_id - 1}")
-        await self.send(text_data=text)
-        self.last_id = msg_id
-
 
 class NotFoundConsumer(AsyncWebsocketConsumer):
     """Any other WebSocket path: accept + 4404 so the client sees a clear reason."""

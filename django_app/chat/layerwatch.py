@@ -4,10 +4,10 @@ channels_redis's pub/sub layer holds one SUBSCRIBE connection per process. When
 Redis restarts, the subscriptions on it are gone and (channels_redis 4.3 with
 redis-py 8) are not restored: group_send still succeeds, but this worker's
 sockets silently stop receiving. A watcher per process polls Redis's `run_id`;
-when Redis was unreachable or its run_id changed, every socket of this worker is
-closed with 1012 and the layer is flushed. Clients reconnect at once, subscribe
-afresh and resume with `?after=`, and nothing is lost because every message is
-persisted before it is broadcast.
+when Redis was unreachable or its run_id changed, the layer is flushed and every
+Room (chat.fanout) subscribes again on a fresh connection, then reads from
+Postgres what was published meanwhile. Sockets stay open and lose nothing,
+because every message is persisted before it is broadcast.
 """
 import asyncio
 import logging
@@ -16,15 +16,13 @@ from channels.layers import get_channel_layer
 from django.conf import settings
 from redis import asyncio as aioredis
 
-from . import protocol, registry
 
 logger = logging.getLogger(__name__)
 
 POLL_SECONDS = 1.0
 _task: asyncio.Task | None = None
-# Bumped on every resync. A consumer remembers the generation it connected under;
-# one that finishes connecting after a resync began closes itself (its channel
-# may have been subscribed on the connection the flush threw away).
+# Bumped on every resync. A Room that finishes subscribing under an older
+# generation subscribes again: its channel may be on the connection the flush dropped.
 generation = 0
 
 
@@ -57,22 +55,14 @@ async def _watch() -> None:
         await asyncio.sleep(POLL_SECONDS)
 
 
-def stale(generation_at_connect: int) -> bool:
-    return generation_at_connect != generation
-
-
 async def _resync(what: str) -> None:
     global generation
     generation += 1
     logger.warning("channel layer: Redis %s; resubscribing (generation %d)", what, generation)
     try:
-        # Drop the dead subscriber connection first: the sockets closed below reconnect
-        # at once, and their group_add must land on a fresh connection, not be wiped.
         await get_channel_layer().flush()
     except Exception:
         logger.warning("channel layer: flush failed during resync", exc_info=True)
-    # Listed after the flush: this also catches sockets that connected while it ran.
-    consumers = [c for c in list(registry.live) if stale(c.layer_generation)]
-    logger.warning("channel layer: closing %d socket(s) with %d so they resubscribe and resume",
-                   len(consumers), protocol.CLOSE_RESTART)
-    await registry.close_sockets(consumers, protocol.CLOSE_RESTART, logger)
+    from . import fanout
+
+    await fanout.resubscribe_all()

@@ -51,17 +51,10 @@ def message_dict(msg_id, room, username, text, ts) -> dict:
     }
 
 
-def welcome(worker, user, room, history, last_id) -> str:
-    return dumps(
-        {
-            "type": WELCOME,
-            "worker": worker,
-            "user": user,
-            "room": room,
-            "history": history,
-            "last_id": last_id,
-        }
-    )
+def welcome(worker, user, room, history_texts, last_id) -> str:
+    """history_texts are chat.message frames already serialised (chat.fanout caches them)."""
+    head = dumps({"type": WELCOME, "worker": worker, "user": user, "room": room, "last_id": last_id})
+    return head[:-1] + ',"history":[' + ",".join(history_texts) + "]}"
 
 
 def error(code: str, detail: str) -> str:

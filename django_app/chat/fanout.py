@@ -1,0 +1,323 @@
+"""Per-worker room fan-out: Redis → one Room per room per process → local sockets.
+
+Why not one channel-layer channel per socket (the Channels default)? Under
+fan-out that costs, per socket and per message, a queue hop, a msgpack decode, a
+task switch and a dispatch; per connect, a Redis SUBSCRIBE under the layer's
+lock. Here each worker process subscribes ONCE per room (one channel in the
+room's group) and a Room object hands each message to its local sockets in id
+order. Ordering, gap filling and the welcome history are then done once per
+room per worker instead of once per socket:
+
+- Ordering. Ids are dense per room (chat.store). Two workers can PUBLISH ids
+  N and N+1 in the wrong order; the Room holds N+1 up to CHAT_REORDER_WAIT_MS
+  for N, then reads the gap from Postgres (a publish Redis lost is still stored).
+- History cache. The Room keeps the newest CHAT_ROOM_CACHE messages it has
+  delivered, so a connect or resume within that window needs no query.
+- Redis restarts. chat.layerwatch calls resubscribe(): each Room subscribes on
+  the new connection and reads what it missed from Postgres. Sockets stay open.
+
+Invariant per socket: it has received exactly the ids <= consumer.last_id,
+in order. Everything below keeps it.
+"""
+import asyncio
+import itertools
+import logging
+import time
+import weakref
+from collections import deque
+
+from channels.db import database_sync_to_async
+from channels.layers import get_channel_layer
+from django.conf import settings
+
+from . import layerwatch, protocol, store
+
+logger = logging.getLogger(__name__)
+
+_snapshot = database_sync_to_async(store.snapshot)
+_between = database_sync_to_async(store.between)
+
+# Rooms per event loop: one loop per worker process in production, but tests run
+# a loop per test and a Room's tasks must never outlive the loop they run on.
+_rooms: "weakref.WeakKeyDictionary[asyncio.AbstractEventLoop, dict[str, Room]]" = weakref.WeakKeyDictionary()
+
+MESSAGE_TYPE = "chat.message"
+CATCH_UP_ROUNDS = 1000  # bound on join/resync catch-up loops (each moves >= 1 message)
+
+
+def group_name(room: str) -> str:
+    return f"room.{room}"
+
+
+def rooms() -> dict:
+    return _rooms.setdefault(asyncio.get_running_loop(), {})
+
+
+def room(name: str) -> "Room":
+    """The Room for `name` on this worker, created on first use; the caller joins it."""
+    registry = rooms()
+    found = registry.get(name)
+    if found is None or found.closed:
+        found = registry[name] = Room(name)
+    found.joining += 1
+    return found
+
+
+async def resubscribe_all() -> None:
+    """After a channel-layer flush (Redis restarted): every Room subscribes again."""
+    for r in list(rooms().values()):
+        r.resubscribe()
+
+
+class Room:
+    def __init__(self, name: str):
+        self.name = name
+        self.group = group_name(name)
+        self.sockets: set = set()
+        self.joining = 0  # connects in progress: the Room must not close under them
+        self.closed = False
+        self.position = 0  # highest id handed to the local sockets (contiguous)
+        self.cache: deque[str] = deque(maxlen=max(settings.CHAT_ROOM_CACHE, settings.CHAT_HISTORY_SIZE))
+        self.pending: dict[int, str] = {}  # ids that arrived ahead of a gap
+        self.gap_since = None
+        self.catch_up = False  # read Postgres for anything after position (after a resubscribe)
+        self.wake = asyncio.Event()
+        self.channel = None
+        self.receiver = None
+        self.deliverer = None
+        self.started = asyncio.ensure_future(self._start())
+
+    # ----------------------------------------------------------- lifecycle
+    async def _start(self):
+        """Subscribe first, then read the position: nothing committed after the read is missed."""
+        await self._subscribe()
+        rows, self.position = await _snapshot(self.name, None, self.cache.maxlen, 0)
+        self.cache.extend(protocol.dumps(m) for m in rows)
+        self.deliverer = asyncio.ensure_future(self._deliver_loop())
+
+    async def _subscribe(self):
+        layer = get_channel_layer()
+        for _ in range(CATCH_UP_ROUNDS):
+            generation = layerwatch.generation
+            channel = await layer.new_channel(prefix="room.")
+            await layer.group_add(self.group, channel)
+            if generation == layerwatch.generation:
+                break  # no flush ran meanwhile: this subscription is on the live connection
+        if self.receiver is not None:
+            self.receiver.cancel()
+        self.channel = channel
+        self.receiver = asyncio.ensure_future(self._receive_loop(layer, channel))
+
+    def resubscribe(self):
+        if self.closed or not self.started.done() or self.started.cancelled() or self.started.exception():
+            return  # a Room still starting checks the generation itself
+
+        async def again():
+            try:
+                await self._subscribe()
+            except Exception:
+                logger.exception("room %s: resubscribe failed; closing its sockets", self.name)
+                await self.fail()
+                return
+            self.catch_up = True
+            self.wake.set()
+
+        asyncio.ensure_future(again())
+
+    async def ready(self):
+        try:
+            await asyncio.shield(self.started)
+        except Exception:
+            self._discard()
+            raise
+
+    def leave(self, consumer):
+        self.sockets.discard(consumer)
+        self._maybe_close()
+
+    def release(self):
+        """A connect that will not attach (refused or failed) gives its hold back."""
+        self.joining -= 1
+        self._maybe_close()
+
+    def _maybe_close(self):
+        if not self.sockets and self.joining <= 0 and not self.closed:
+            self._discard()
+            asyncio.ensure_future(self._close())
+
+    def _discard(self):
+        self.closed = True
+        registry = rooms()
+        if registry.get(self.name) is self:
+            del registry[self.name]
+
+    async def _close(self):
+        for task in (self.deliverer, self.receiver):
+            if task is not None:
+                task.cancel()
+        try:
+            await self.started
+        except BaseException:
+            return
+        if self.channel is not None:
+            try:
+                await get_channel_layer().group_discard(self.group, self.channel)
+            except Exception:
+                logger.warning("room %s: group_discard failed", self.name, exc_info=True)
+
+    async def fail(self):
+        """Delivery cannot continue in order: close the sockets; they resume from their last id."""
+        from . import registry
+
+        self._discard()
+        sockets, self.sockets = list(self.sockets), set()
+        await registry.close_sockets(sockets, protocol.CLOSE_OVERLOADED, logger)
+        await self._close()
+
+    # ----------------------------------------------------------- joining
+    async def snapshot(self, after):
+        """(history texts, position) for a new socket: from the cache when it covers it."""
+        await self.ready()
+        hit = self._from_cache(after)
+        if hit is not None:
+            return hit
+        rows, position = await _snapshot(self.name, after, settings.CHAT_HISTORY_SIZE, settings.CHAT_RESUME_MAX)
+        return [protocol.dumps(m) for m in rows], position
+
+    def _from_cache(self, after):
+        cached, position = len(self.cache), self.position
+        first = position - cached + 1  # id of cache[0]
+        if after is None:
+            want = min(settings.CHAT_HISTORY_SIZE, position)
+            if want > cached:
+                return None
+            return list(itertools.islice(self.cache, cached - want, cached)), position
+        if after > position or after + 1 < first:
+            return None  # ahead of this worker (Postgres reset, or we lag) or older than the cache
+        start = after + 1 - first
+        stop = min(cached, start + settings.CHAT_RESUME_MAX)
+        texts = list(itertools.islice(self.cache, start, stop))
+        return texts, after + len(texts)
+
+    async def attach(self, consumer):
+        """Bring a welcomed socket up to the Room's position, then add it (no await in between)."""
+        try:
+            for _ in range(CATCH_UP_ROUNDS):
+                if consumer.closed:
+                    return
+                if consumer.last_id >= self.position:
+                    self.sockets.add(consumer)
+                    return
+                for text in await self._texts_after(consumer.last_id):
+                    consumer.last_id += 1
+                    await consumer.send(text_data=text)
+            raise RuntimeError(f"room {self.name}: socket could not catch up with the room")
+        finally:
+            self.release()
+
+    async def _texts_after(self, last_id):
+        """Up to CHAT_RESUME_MAX messages after last_id, from the cache or Postgres."""
+        hit = self._from_cache(last_id)
+        if hit is not None and hit[0]:
+            return hit[0]
+        hi = min(self.position, last_id + settings.CHAT_RESUME_MAX)
+        rows = await _between(self.name, last_id + 1, hi)
+        if [m["id"] for m in rows] != list(range(last_id + 1, hi + 1)):
+            raise RuntimeError(f"room {self.name}: ids {last_id + 1}..{hi} are not all stored")
+        return [protocol.dumps(m) for m in rows]
+
+    # ----------------------------------------------------------- delivery
+    def publish_local(self, msg_id: int, text: str):
+        """A message this worker stored: its own sockets need no Redis round trip."""
+        self._feed(msg_id, text)
+
+    def _feed(self, msg_id: int, text: str):
+        if msg_id > self.position and msg_id not in self.pending:
+            self.pending[msg_id] = text
+            self.wake.set()
+
+    async def _receive_loop(self, layer, channel):
+        while True:
+            event = await layer.receive(channel)
+            if event.get("type") == MESSAGE_TYPE:
+                self._feed(event["id"], event["text"])
+
+    async def _deliver_loop(self):
+        wait_s = settings.CHAT_REORDER_WAIT_MS / 1000
+        while True:
+            if not self.pending and not self.catch_up:
+                self.wake.clear()
+                await self.wake.wait()
+                continue
+            try:
+                if self.catch_up:
+                    self.catch_up = False
+                    await self._fill_from_db(None)
+                nxt = self.position + 1
+                if nxt in self.pending:
+                    self.gap_since = None
+                    await self._fanout(nxt, self.pending.pop(nxt))
+                    continue
+                for stale in [i for i in self.pending if i <= self.position]:
+                    del self.pending[stale]
+                if not self.pending:
+                    continue
+                now = time.monotonic()
+                if self.gap_since is None:
+                    self.gap_since = now
+                remaining = self.gap_since + wait_s - now
+                if remaining > 0:
+                    self.wake.clear()
+                    try:
+                        await asyncio.wait_for(self.wake.wait(), remaining)
+                    except asyncio.TimeoutError:
+                        pass
+                    continue
+                self.gap_since = None
+                await self._fill_from_db(min(self.pending) - 1)
+            except asyncio.CancelledError:
+                raise
+            except Exception:
+                logger.exception("room %s: delivery failed at id %s; closing its sockets", self.name, self.position)
+                await self.fail()
+                return
+
+    async def _fill_from_db(self, upto):
+        """Deliver stored ids position+1..upto (or everything newer when upto is None)."""
+        for _ in range(CATCH_UP_ROUNDS):
+            hi = self.position + settings.CHAT_RESUME_MAX
+            if upto is not None:
+                hi = min(hi, upto)
+            if hi <= self.position:
+                return
+            rows = await _between(self.name, self.position + 1, hi)
+            for m in rows:
+                if m["id"] == self.position + 1:
+                    await self._fanout(m["id"], self.pending.pop(m["id"], None) or protocol.dumps(m))
+            if self.position < hi:
+                if upto is None:
+                    return  # read everything there is
+                raise RuntimeError(f"gap fill incomplete: have {self.position}, need {hi}")
+
+    async def _fanout(self, msg_id: int, text: str):
+        # Position and cache move BEFORE the sends: a socket attaching during the
+        # loop below catches up from the cache and is not in this loop's list.
+        self.position = msg_id
+        self.cache.append(text)
+        for consumer in list(self.sockets):
+            if consumer.closed or msg_id <= consumer.last_id:
+                continue  # e.g. the sender, acknowledged directly
+            if msg_id != consumer.last_id + 1:
+                # Cannot happen while attach() and the sender's ack keep the invariant;
+                # if it ever does, the client resumes rather than sees a hole.
+                logger.error("room %s: socket at %s got %s; closing it to resume",
+                             self.name, consumer.last_id, msg_id)
+                self.sockets.discard(consumer)
+                consumer.closed = True
+                await consumer.close(code=protocol.CLOSE_RESTART)
+                continue
+            consumer.last_id = msg_id
+            try:
+                await consumer.send(text_data=text)
+            except Exception:
+                logger.warning("room %s: send to one socket failed", self.name, exc_info=True)

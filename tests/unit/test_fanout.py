@@ -1,0 +1,115 @@
+"""The per-worker Room (chat.fanout): ordering, the history cache and Redis resync,
+through the real ASGI stack against real Postgres and Redis."""
+import asyncio
+
+import pytest
+from channels.db import database_sync_to_async
+from channels.layers import get_channel_layer
+
+from chat import fanout, layerwatch, protocol
+from chat.models import Message
+
+from .conftest import persist, welcome
+
+pytestmark = pytest.mark.django_db(transaction=True)
+
+
+async def _publish(msg):
+    """What another worker does after persisting: one PUBLISH to the room group."""
+    await get_channel_layer().group_send(
+        fanout.group_name(msg["room"]), {"type": fanout.MESSAGE_TYPE, "id": msg["id"], "text": protocol.dumps(msg)}
+    )
+
+
+async def test_out_of_order_publishes_reach_sockets_in_order(settings):
+    # Longer than the whole test: any gap must be closed by Redis, not by Postgres.
+    settings.CHAT_REORDER_WAIT_MS = 60_000
+    client, frame = await welcome("/ws/chat/reorder/")
+    first = await persist("reorder", None, "w1", "first")
+    second = await persist("reorder", None, "w2", "second")
+    await _publish(second)
+    await _publish(first)
+    got = [await client.recv() for _ in range(2)]
+    assert [(m["id"], m["message"]) for m in got] == [(1, "first"), (2, "second")]
+    await client.close()
+
+
+async def test_a_publish_redis_never_delivered_is_read_from_postgres_after_the_wait(settings):
+    settings.CHAT_REORDER_WAIT_MS = 100
+    client, _ = await welcome("/ws/chat/lostpub/")
+    await persist("lostpub", None, "w1", "never published")
+    await _publish(await persist("lostpub", None, "w2", "published"))
+    got = [await client.recv() for _ in range(2)]
+    assert [(m["id"], m["message"]) for m in got] == [(1, "never published"), (2, "published")]
+    await client.close()
+
+
+async def test_second_connect_is_served_from_the_worker_cache():
+    a, _ = await welcome("/ws/chat/cached/")
+    for n in range(3):
+        await a.send({"message": f"m{n}"})
+        assert (await a.recv())["message"] == f"m{n}"
+    # Rows gone from Postgres: only the worker's cache can still show them.
+    await database_sync_to_async(Message.objects.filter(room__name="cached").delete)()
+    b, frame = await welcome("/ws/chat/cached/")
+    assert [m["message"] for m in frame["history"]] == ["m0", "m1", "m2"] and frame["last_id"] == 3
+    c, resumed = await welcome("/ws/chat/cached/?after=1")
+    assert [m["id"] for m in resumed["history"]] == [2, 3] and resumed["last_id"] == 3
+    for client in (a, b, c):
+        await client.close()
+
+
+async def test_resume_older_than_the_cache_reads_postgres(settings):
+    settings.CHAT_ROOM_CACHE = 2
+    settings.CHAT_HISTORY_SIZE = 2
+    a, _ = await welcome("/ws/chat/oldresume/")
+    for n in range(5):
+        await a.send({"message": f"m{n}"})
+        await a.recv()
+    b, frame = await welcome("/ws/chat/oldresume/?after=0")
+    assert [m["id"] for m in frame["history"]] == [1, 2, 3, 4, 5]
+    await a.close()
+    await b.close()
+
+
+async def test_redis_resync_keeps_sockets_open_and_delivers_what_was_missed():
+    watcher, _ = await welcome("/ws/chat/resync/")
+    sender, _ = await welcome("/ws/chat/resync/")
+    # Stored while this worker's subscription was dead (as during a Redis restart).
+    await persist("resync", None, "ghost", "during outage")
+    await layerwatch._resync("restarted (test)")
+    assert (await watcher.recv())["message"] == "during outage"
+    # Live traffic flows on the new subscription, and nobody was disconnected.
+    await sender.send({"message": "after"})
+    got = await watcher.recv()
+    assert (got["id"], got["message"]) == (2, "after")
+    assert (await sender.recv())["id"] == 1
+    await watcher.close()
+    await sender.close()
+
+
+async def _subscribers(group):
+    from django.conf import settings
+    from redis import asyncio as aioredis
+
+    client = aioredis.Redis.from_url(settings.REDIS_URL)
+    try:
+        prefix = settings.CHANNEL_LAYERS["default"]["CONFIG"]["prefix"]
+        ((_, n),) = await client.pubsub_numsub(f"{prefix}__group__{group}")  # channels_redis's naming
+        return n
+    finally:
+        await client.aclose()
+
+
+async def test_one_redis_subscription_per_room_per_worker_gone_with_the_last_socket():
+    group = fanout.group_name("leaving")
+    sockets = [(await welcome("/ws/chat/leaving/"))[0] for _ in range(3)]
+    assert await _subscribers(group) == 1
+    for client in sockets:
+        await client.close()
+
+    async def unsubscribed():
+        while await _subscribers(group):
+            await asyncio.sleep(0.02)
+
+    await asyncio.wait_for(unsubscribed(), 5)
