@@ -60,6 +60,18 @@ class SessionAuthMiddleware(AuthMiddleware):
             return await self.inner(scope, receive, send)
         return await super().__call__(scope, receive, send)
 
+    async def resolve_scope(self, scope):
+        """No session cookie means anonymous: skip get_user's thread hop.
+
+        channels' get_user always runs in the DB thread, even when there is no
+        session to look up; in a reconnect storm of cookie-less clients that hop
+        is a large share of each connect.
+        """
+        if scope["session"].session_key is None:
+            scope["user"]._wrapped = AnonymousUser()
+            return
+        await super().resolve_scope(scope)
+
 
 def AuthMiddlewareStack(inner):
     return CookieMiddleware(SessionMiddleware(SessionAuthMiddleware(inner)))

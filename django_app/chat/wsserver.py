@@ -9,13 +9,29 @@ passes, then stop. Clients reconnect to another worker and resume with ?after=.
 """
 import asyncio
 import logging
+import os
 import signal
 import time
 
-from daphne.cli import CommandLineInterface
-from daphne.server import Server
-from daphne.ws_protocol import WebSocketProtocol
-from twisted.internet import reactor
+
+def _choose_event_loop():
+    """uvloop unless WS_EVENT_LOOP=asyncio; must run before daphne.server is imported,
+    because that import creates the loop Twisted's reactor runs on."""
+    os.environ.setdefault("DJANGO_SETTINGS_MODULE", "config.settings")
+    from django.conf import settings
+
+    if settings.WS_EVENT_LOOP == "uvloop":
+        import uvloop
+
+        asyncio.set_event_loop_policy(uvloop.EventLoopPolicy())
+
+
+_choose_event_loop()
+
+from daphne.cli import CommandLineInterface  # noqa: E402  (after the loop policy)
+from daphne.server import Server  # noqa: E402
+from daphne.ws_protocol import WebSocketProtocol  # noqa: E402
+from twisted.internet import reactor  # noqa: E402
 
 logger = logging.getLogger("chat.wsserver")
 

@@ -175,6 +175,9 @@ WS_MAX_MESSAGE_BYTES = env.int("WS_MAX_MESSAGE_BYTES", default=65536)
 WS_MAX_SEND_BUFFER_BYTES = env.int("WS_MAX_SEND_BUFFER_BYTES", default=1048576)
 WS_DRAIN_SECONDS = env.float("WS_DRAIN_SECONDS", default=10)
 WS_APP_CLOSE_TIMEOUT = env.int("WS_APP_CLOSE_TIMEOUT", default=10)
+WS_EVENT_LOOP = env.str("WS_EVENT_LOOP", default="uvloop")
+if WS_EVENT_LOOP not in ("uvloop", "asyncio"):
+    raise ImproperlyConfigured(f"WS_EVENT_LOOP must be uvloop or asyncio, not {WS_EVENT_LOOP!r}")
 
 # --- logging ------------------------------------------------------------------
 LOG_LEVEL = env.str("LOG_LEVEL", default="INFO").upper()
