@@ -153,7 +153,7 @@ class Room:
 
     async def _close(self):
         for task in (self.deliverer, self.receiver):
-            if task is not None:
+            if task is not None and task is not asyncio.current_task():
                 task.cancel()
         try:
             await self.started
@@ -235,6 +235,24 @@ class Room:
         if msg_id > self.position and msg_id not in self.pending:
             self.pending[msg_id] = text
             self.wake.set()
+            if len(self.pending) > settings.CHAT_ROOM_MAX_BACKLOG and not self.closed:
+                self._shed()
+
+    def _shed(self):
+        """This worker cannot keep up with the room: shed it visibly rather than grow.
+
+        Every local socket of the room gets 1013 (try again later) and the backlog
+        is dropped from memory; clients back off and resume with ?after=, so
+        nothing is lost. Logged, and counted on the worker's /healthz.
+        """
+        from . import registry
+
+        registry.refusals[f"close {protocol.CLOSE_OVERLOADED} room backlog"] += 1
+        logger.warning("room %s: %d messages waiting > CHAT_ROOM_MAX_BACKLOG=%d; closing its %d socket(s) with %d",
+                       self.name, len(self.pending), settings.CHAT_ROOM_MAX_BACKLOG, len(self.sockets),
+                       protocol.CLOSE_OVERLOADED)
+        self.pending.clear()
+        asyncio.ensure_future(self.fail())
 
     async def _receive_loop(self, layer, channel):
         while True:

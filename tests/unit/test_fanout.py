@@ -113,3 +113,21 @@ async def test_one_redis_subscription_per_room_per_worker_gone_with_the_last_soc
             await asyncio.sleep(0.02)
 
     await asyncio.wait_for(unsubscribed(), 5)
+
+
+async def test_a_room_this_worker_cannot_keep_up_with_is_shed_with_1013(settings):
+    from chat import registry
+
+    settings.CHAT_REORDER_WAIT_MS = 60_000  # id 1 never comes: everything after it waits
+    settings.CHAT_ROOM_MAX_BACKLOG = 3
+    client, _ = await welcome("/ws/chat/backlog/")
+    await persist("backlog", None, "w1", "never published")
+    before = registry.refusals["close 1013 room backlog"]
+    for n in range(4):
+        await _publish(await persist("backlog", None, "w2", f"m{n}"))
+    assert await client.closed_with() == 1013
+    assert registry.refusals["close 1013 room backlog"] == before + 1
+    # The room is usable again: a new socket resumes and gets everything, in order.
+    again, frame = await welcome("/ws/chat/backlog/?after=0")
+    assert [m["id"] for m in frame["history"]] == [1, 2, 3, 4, 5]
+    await again.close()
