@@ -85,27 +85,25 @@ async def test_redis_restart(compose_stack, fault_table):
         (redis_id,) = await asyncio.to_thread(stack.project.container_ids, "redis")
         before = (await asyncio.to_thread(stack.state, redis_id))["StartedAt"]
         clients = load.all_clients()
-        opens = {id(c): c.opens for c in clients}
-        # A replica's watcher starts with its first socket: those serving ours must resync.
         seen["serving"] = {worker_host(c.worker) for c in clients}
         seen["since"] = time.time()
         await asyncio.to_thread(stack.project.compose, "restart", "redis", timeout=120)
         seen["restarted"] = (await asyncio.to_thread(stack.state, redis_id))["StartedAt"] != before
-        # The watcher closes every socket (1012) so it resubscribes on the new Redis and resumes.
-        await await_until(lambda: all(c.opens > opens[id(c)] for c in clients), 30,
-                          what="every client reopened after the Redis restart")
+        # Each replica's watcher notices the new Redis and its rooms subscribe again.
+        replicas = await asyncio.to_thread(stack.ws_replicas)
+        seen["replicas"] = replicas
+        await await_in_thread(
+            lambda: all("resubscribing" in stack.logs_since(replicas[host], seen["since"] - 1)
+                        for host in seen["serving"]), 30,
+            what="every replica serving our sockets logged its resync")
         await await_until(lambda: http_status(f"{stack.http_url}/readyz", 5) == 200, 30,
                           what="/readyz 200 through nginx after the Redis restart")
 
     verdict, load = await run_compose_fault(compose_stack, "compose Redis restart", inject)
     fault_table.append(verdict)
     assert seen["restarted"], "redis container was not restarted"
-    codes = Counter(o.code for c in load.all_clients() for o in c.outages)
-    assert codes[1012] > 0, f"no socket was closed with 1012 (worker restarting): {dict(codes)}"
-    # Each replica that served our sockets says in its log why it closed them.
-    replicas = compose_stack.ws_replicas()
-    assert seen["serving"] <= set(replicas), (seen["serving"], replicas)
-    silent = [host for host in sorted(seen["serving"])
-              if "resubscribing" not in compose_stack.logs_since(replicas[host], seen["since"] - 1)]
-    assert not silent, f"ws replicas that logged no resync after the Redis restart: {silent}"
+    assert seen["serving"] <= set(seen["replicas"]), (seen["serving"], seen["replicas"])
+    # Sockets ride out the restart: no client was disconnected, and nothing was lost.
+    closes = Counter(o.code for c in load.all_clients() for o in c.outages)
+    assert not closes, f"sockets were closed by the Redis restart: {dict(closes)}"
     assert_no_loss(verdict)
