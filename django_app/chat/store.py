@@ -1,7 +1,7 @@
 """Message persistence: the only code that writes or reads chat history.
 
-Ids are allocated by an UPSERT on the room row inside the same transaction as
-the insert. The row lock serialises writers per room, so ids are dense and
+Ids are allocated by an UPSERT on the room row in the same statement (so the
+same transaction) as the insert. The row lock serialises writers per room, so ids are dense and
 commit in id order: when id N is visible, every id < N is visible too. The
 consumer's gap-fill relies on exactly that.
 """
@@ -10,13 +10,21 @@ from datetime import timezone
 from django.db import connection, transaction
 
 from . import protocol
-from .models import Message
+from .models import Message, Room
 
-_ALLOCATE_SQL = (
-    "INSERT INTO chat_room (name, last_id) VALUES (%s, 1) "
-    "ON CONFLICT (name) DO UPDATE SET last_id = chat_room.last_id + 1 "
-    "RETURNING id, last_id"
+# One statement, so one round trip and (in autocommit) one commit: allocate the
+# room's next id and insert the message. The room row stays locked only until
+# this statement commits.
+_PERSIST_SQL = f"""
+WITH allocated AS (
+    INSERT INTO {Room._meta.db_table} (name, last_id) VALUES (%s, 1)
+    ON CONFLICT (name) DO UPDATE SET last_id = {Room._meta.db_table}.last_id + 1
+    RETURNING id, last_id
 )
+INSERT INTO {Message._meta.db_table} (room_id, seq, user_id, username, body, created_at)
+SELECT id, last_id, %s, %s, %s, statement_timestamp() FROM allocated
+RETURNING seq, created_at
+"""
 
 
 def _ts(dt) -> str:
@@ -28,14 +36,10 @@ def _wire(room: str, seq, username, body, created_at) -> dict:
 
 
 def persist(room: str, user_id, username: str, text: str) -> dict:
-    with transaction.atomic():
-        with connection.cursor() as cur:
-            cur.execute(_ALLOCATE_SQL, [room])
-            room_pk, seq = cur.fetchone()
-        msg = Message.objects.create(
-            room_id=room_pk, seq=seq, user_id=user_id, username=username, body=text
-        )
-    return _wire(room, seq, username, text, msg.created_at)
+    with connection.cursor() as cur:
+        cur.execute(_PERSIST_SQL, [room, user_id, username, text])
+        seq, created_at = cur.fetchone()
+    return _wire(room, seq, username, text, created_at)
 
 
 def _rows(qs, room):
@@ -64,8 +68,6 @@ def between(room: str, lo: int, hi: int) -> list[dict]:
 
 
 def last_id(room: str) -> int:
-    from .models import Room
-
     return Room.objects.filter(name=room).values_list("last_id", flat=True).first() or 0
 
 
