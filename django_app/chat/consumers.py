@@ -1,12 +1,14 @@
 """The chat WebSocket consumer: one socket's half of the hot path.
 
-Flow of one message: receive() validates and rate-limits, persists FIRST (so an
-id exists only for stored messages), then publishes the already-serialised JSON
-once to the room group (Redis pub/sub). On every worker, chat.fanout's Room for
-that room hands the text to its local sockets in id order, filling gaps from
-Postgres, so each socket sees every id exactly once, whichever worker published
-it and whatever Redis lost.
+Flow of one message: receive() validates and rate-limits, then hands the text
+to its room's chat.writer.Writer, which stores it FIRST (so an id exists only
+for stored messages; many messages per statement under load), acknowledges the
+sender, and publishes the serialised JSON once to the room group (Redis
+pub/sub). On every worker, chat.fanout's Room for that room hands the text to
+its local sockets in id order, filling gaps from Postgres, so each socket sees
+every id exactly once, whichever worker published it and whatever Redis lost.
 """
+import asyncio
 import json
 import logging
 import os
@@ -14,23 +16,16 @@ import socket
 import time
 
 from channels.consumer import get_handler_name
-from channels.db import database_sync_to_async
 from channels.exceptions import StopConsumer
 from channels.generic.websocket import AsyncWebsocketConsumer
-from channels.layers import get_channel_layer
 from django.conf import settings
 from django.utils.crypto import salted_hmac
 
-from . import fanout, protocol, registry, store
+from . import fanout, protocol, registry
 from .auth import query_params
 
 logger = logging.getLogger(__name__)
 
-_persist = database_sync_to_async(store.persist)
-
-
-async def _group_send(group: str, event: dict):
-    await get_channel_layer().group_send(group, event)
 
 
 def _storable(text: str) -> bool:
@@ -89,6 +84,8 @@ class ChatConsumer(AsyncWebsocketConsumer):
     hub = None
     last_id = 0  # every id <= last_id has been sent to this socket, in order
     closed = False
+    in_flight = 0  # messages handed to the Writer, not yet stored or refused
+    settling = None
 
     async def __call__(self, scope, receive, send):
         try:
@@ -193,6 +190,7 @@ class ChatConsumer(AsyncWebsocketConsumer):
             if self.violations >= settings.CHAT_RATE_MAX_VIOLATIONS:
                 logger.warning("ws rate limit close user=%s room=%s", self.username, self.room)
                 registry.refusals[f"close {protocol.CLOSE_RATE_LIMIT} rate limit"] += 1
+                await self._settle()
                 self.closed = True
                 await self.close(code=protocol.CLOSE_RATE_LIMIT)
             return
@@ -221,28 +219,39 @@ class ChatConsumer(AsyncWebsocketConsumer):
             return await self._error(protocol.ERR_TOO_LONG, f"message longer than {limit} characters")
         if "\x00" in text or not _storable(text):
             return await self._error(protocol.ERR_BAD_TYPE, "message contains NUL or unpaired surrogate characters")
-        try:
-            msg = await _persist(self.room, self.user_id, self.username, text)
-        except Exception:
-            logger.exception("ws persist failed room=%s", self.room)
-            return await self._error(protocol.ERR_UNAVAILABLE, "message not stored; try again later")
-        payload = protocol.dumps(msg)
-        if msg["id"] == self.last_id + 1 and not self.closed:
-            # The sender's own message is next in its sequence: acknowledge it now
-            # rather than after the Redis round trip, so a client sees every accepted
-            # message even if it is closed (rate limit, drain) before the echo arrives.
-            # The Room then skips it for this socket (id <= last_id).
-            self.last_id = msg["id"]
+        if not self.hub.writer.submit(self, self.user_id, self.username, text):
+            return await self._error(protocol.ERR_UNAVAILABLE, "server busy: message not stored; try again later")
+        self.in_flight += 1
+
+    async def stored(self, msg_id: int, payload: str):
+        """The Writer stored our message: acknowledge it if it is next in our sequence
+        (the Room then skips it for this socket, id <= last_id)."""
+        self._landed()
+        if msg_id == self.last_id + 1 and not self.closed:
+            self.last_id = msg_id
             await self.send(text_data=payload)
-        hub = self.hub
-        if hub is not None:
-            hub.publish_local(msg["id"], payload)
-        try:
-            await _group_send(fanout.group_name(self.room), {"type": fanout.MESSAGE_TYPE, "id": msg["id"], "text": payload})
-        except Exception:
-            # Stored but not broadcast: this worker's sockets already have it; other
-            # workers catch up through gap-fill on the next message or resume on reconnect.
-            logger.warning("ws group_send failed room=%s id=%s", self.room, msg["id"], exc_info=True)
+
+    async def not_stored(self):
+        self._landed()
+        if not self.closed:
+            await self._error(protocol.ERR_UNAVAILABLE, "message not stored; try again later")
+
+    def _landed(self):
+        self.in_flight -= 1
+        if not self.in_flight and self.settling is not None and not self.settling.done():
+            self.settling.set_result(None)
+
+    async def _settle(self, timeout: float = 5.0):
+        """Before a policy close, let the messages we already accepted be stored and
+        acknowledged, so the client learns their ids (a Future only when needed:
+        every byte per socket counts at 10,000 sockets)."""
+        if self.in_flight:
+            self.settling = asyncio.get_running_loop().create_future()
+            try:
+                await asyncio.wait_for(self.settling, timeout)
+            except asyncio.TimeoutError:
+                logger.warning("ws close: %d message(s) still being stored room=%s", self.in_flight, self.room)
+
 
 class NotFoundConsumer(AsyncWebsocketConsumer):
     """Any other WebSocket path: accept + 4404 so the client sees a clear reason."""

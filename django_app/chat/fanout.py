@@ -31,6 +31,7 @@ from channels.layers import get_channel_layer
 from django.conf import settings
 
 from . import layerwatch, protocol, store
+from .writer import Writer
 
 logger = logging.getLogger(__name__)
 
@@ -70,9 +71,12 @@ async def resubscribe_all() -> None:
 
 
 class Room:
+    MESSAGE_TYPE = MESSAGE_TYPE
+
     def __init__(self, name: str):
         self.name = name
         self.group = group_name(name)
+        self.writer = Writer(self)
         self.sockets: set = set()
         self.joining = 0  # connects in progress: the Room must not close under them
         self.closed = False

@@ -12,17 +12,20 @@ from django.db import connection, transaction
 from . import protocol
 from .models import Message, Room
 
-# One statement, so one round trip and (in autocommit) one commit: allocate the
-# room's next id and insert the message. The room row stays locked only until
-# this statement commits.
+# One statement, so one round trip and (in autocommit) one commit, for any
+# number of messages: allocate k ids on the room row and insert the k rows with
+# them, in the given order. The room row stays locked only until this commits.
 _PERSIST_SQL = f"""
 WITH allocated AS (
-    INSERT INTO {Room._meta.db_table} (name, last_id) VALUES (%s, 1)
-    ON CONFLICT (name) DO UPDATE SET last_id = {Room._meta.db_table}.last_id + 1
+    INSERT INTO {Room._meta.db_table} AS r (name, last_id) VALUES (%(room)s, %(k)s)
+    ON CONFLICT (name) DO UPDATE SET last_id = r.last_id + EXCLUDED.last_id
     RETURNING id, last_id
 )
 INSERT INTO {Message._meta.db_table} (room_id, seq, user_id, username, body, created_at)
-SELECT id, last_id, %s, %s, %s, statement_timestamp() FROM allocated
+SELECT a.id, a.last_id - %(k)s + m.ord, m.user_id, m.username, m.body, statement_timestamp()
+FROM allocated a,
+     unnest(%(user_ids)s::bigint[], %(usernames)s::text[], %(bodies)s::text[])
+         WITH ORDINALITY AS m(user_id, username, body, ord)
 RETURNING seq, created_at
 """
 
@@ -35,11 +38,21 @@ def _wire(room: str, seq, username, body, created_at) -> dict:
     return protocol.message_dict(seq, room, username, body, _ts(created_at))
 
 
-def persist(room: str, user_id, username: str, text: str) -> dict:
+def persist_many(room: str, items) -> list[dict]:
+    """Store [(user_id, username, text), ...] with consecutive ids, in that order."""
+    items = list(items)
     with connection.cursor() as cur:
-        cur.execute(_PERSIST_SQL, [room, user_id, username, text])
-        seq, created_at = cur.fetchone()
-    return _wire(room, seq, username, text, created_at)
+        cur.execute(_PERSIST_SQL, {
+            "room": room, "k": len(items),
+            "user_ids": [i[0] for i in items], "usernames": [i[1] for i in items], "bodies": [i[2] for i in items],
+        })
+        rows = sorted(cur.fetchall())
+    return [_wire(room, seq, username, text, created_at)
+            for (seq, created_at), (_, username, text) in zip(rows, items)]
+
+
+def persist(room: str, user_id, username: str, text: str) -> dict:
+    return persist_many(room, [(user_id, username, text)])[0]
 
 
 def _rows(qs, room):

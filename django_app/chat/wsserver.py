@@ -154,7 +154,7 @@ class DrainingServer(Server):
     async def drain(self):
         from django.conf import settings
 
-        from chat import protocol, registry
+        from chat import protocol, registry, writer
 
         try:
             registry.state.draining = True
@@ -169,6 +169,9 @@ class DrainingServer(Server):
                 logger.warning("drain: %d socket(s) still open after %ss", left, settings.WS_DRAIN_SECONDS)
             else:
                 logger.info("drain: every socket closed and left its group")
+            # Messages accepted before the close are stored and published before we stop.
+            if not await writer.writes_done(max(0.5, deadline - time.monotonic())):
+                logger.warning("drain: messages still being stored after %ss", settings.WS_DRAIN_SECONDS)
         except Exception:
             logger.exception("drain failed")
         finally:

@@ -131,3 +131,22 @@ async def test_a_room_this_worker_cannot_keep_up_with_is_shed_with_1013(settings
     again, frame = await welcome("/ws/chat/backlog/?after=0")
     assert [m["id"] for m in frame["history"]] == [1, 2, 3, 4, 5]
     await again.close()
+
+
+async def test_a_burst_is_stored_in_few_statements_in_send_order():
+    a, _ = await welcome("/ws/chat/burst/")
+    b, _ = await welcome("/ws/chat/burst/")
+    for n in range(20):
+        await a.send({"message": f"a{n}"})
+        await b.send({"message": f"b{n}"})
+    got = [await a.recv() for _ in range(40)]
+    assert [m["id"] for m in got] == list(range(1, 41))
+    # Each sender's messages keep their order, and both sockets see the same sequence.
+    assert [m["message"] for m in got if m["message"][0] == "a"] == [f"a{n}" for n in range(20)]
+    assert [m["id"] for m in [await b.recv() for _ in range(40)]] == list(range(1, 41))
+    # Group commit: rows stored by one statement share its timestamp.
+    stamps = await database_sync_to_async(
+        lambda: set(Message.objects.filter(room__name="burst").values_list("created_at", flat=True)))()
+    assert len(stamps) <= 10, f"40 messages took {len(stamps)} statements"
+    await a.close()
+    await b.close()
