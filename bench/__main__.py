@@ -50,24 +50,20 @@ def versions():
 
 
 def make_stack(label, workers, extra_env):
-    """`baseline`, `ours`, `ours+VARIANT[+...]` (bench/variants, +asynccommit), `ours@uvicorn` (server swap)."""
+    """`baseline`, `ours`, `ours+asynccommit` (bench-only Postgres switch), `ours@uvicorn` (server swap)."""
     if label == "baseline":
         return BaselineStack(workers)
     name, _, server = label.partition("@")
-    base, *variants = name.split("+")
-    if base != "ours" or server not in ("", "uvicorn"):
-        sys.exit(f"unknown stack {label!r}: baseline, ours, ours+uvloop, ours@uvicorn")
-    env = dict(extra_env)
-    if variants:
-        env["BENCH_VARIANTS"] = ",".join(variants)
-        env["PYTHONPATH"] = os.pathsep.join([str(REPO / "bench" / "variants"), str(REPO)])
-    return ProductStack(workers, env)
+    base, *options = name.split("+")
+    if base != "ours" or server not in ("", "uvicorn") or set(options) - {"asynccommit"}:
+        sys.exit(f"unknown stack {label!r}: baseline, ours, ours+asynccommit, ours@uvicorn")
+    return ProductStack(workers, dict(extra_env))
 
 
 def parse(argv):
     ap = argparse.ArgumentParser(prog="scripts/bench", description=__doc__)
     ap.add_argument("--smoke", action="store_true", help="tiny loads, < 60 s, no capacity targets")
-    ap.add_argument("--stacks", default="baseline,ours", help="comma list: baseline, ours, ours+uvloop, ours@uvicorn")
+    ap.add_argument("--stacks", default="baseline,ours", help="comma list: baseline, ours, ours+asynccommit, ours@uvicorn")
     ap.add_argument("--scenarios", default=None, help="comma list of scenario names (default: all of the mode)")
     ap.add_argument("--duration", type=float, default=None, help="seconds of sending per step")
     ap.add_argument("--steps", default=None, help="comma list of offered deliveries/s")
@@ -102,8 +98,7 @@ def main(argv=None):
         stack = make_stack(label, args.workers, extra_env)
         print(f"== {label}: starting stack", flush=True)
         if label.startswith("ours"):
-            results["meta"]["product_env_overrides"] = {k: v for k, v in stack.overrides.items()
-                                                        if k not in ("PYTHONPATH", "BENCH_VARIANTS")}
+            results["meta"]["product_env_overrides"] = dict(stack.overrides)
         stack.up()
         try:
             if label.endswith("@uvicorn"):

@@ -70,7 +70,7 @@ def pyspy(pid, seconds, out_base, idle=False):
 
 def main(argv=None):
     ap = argparse.ArgumentParser(prog="python -m bench.profile", description=__doc__)
-    ap.add_argument("--stack", default="ours", help="baseline, ours, ours+uvloop, ours@uvicorn")
+    ap.add_argument("--stack", default="ours", help="baseline, ours, ours+asynccommit, ours@uvicorn")
     ap.add_argument("--pubs", type=int, default=2, help="publisher sockets")
     ap.add_argument("--subs", type=int, default=100)
     ap.add_argument("--rate", type=int, default=3000, help="offered deliveries/s held while sampling")
