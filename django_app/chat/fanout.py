@@ -209,6 +209,11 @@ class Room:
             for _ in range(CATCH_UP_ROUNDS):
                 if consumer.closed:
                     return
+                if self.closed:
+                    # The Room failed or was shed while we caught up: resume on a fresh one.
+                    consumer.closed = True
+                    await consumer.close(code=protocol.CLOSE_OVERLOADED)
+                    return
                 if consumer.last_id >= self.position:
                     self.sockets.add(consumer)
                     return
