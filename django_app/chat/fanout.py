@@ -44,6 +44,11 @@ _rooms: "weakref.WeakKeyDictionary[asyncio.AbstractEventLoop, dict[str, Room]]" 
 
 MESSAGE_TYPE = "chat.message"
 CATCH_UP_ROUNDS = 1000  # bound on join/resync catch-up loops (each moves >= 1 message)
+# Once a room goes quiet, check Postgres once for anything newer than what was
+# delivered: a publish lost while Redis stayed up (a dropped subscriber connection
+# that redis-py re-established) would otherwise wait for the next message to show
+# as a gap. One query per room per quiet spell, never periodic.
+QUIET_CHECK_SECONDS = 2.0
 
 
 def group_name(room: str) -> str:
@@ -85,6 +90,7 @@ class Room:
         self.pending: dict[int, str] = {}  # ids that arrived ahead of a gap
         self.gap_since = None
         self.catch_up = False  # read Postgres for anything after position (after a resubscribe)
+        self.quiet_check_due = False  # a message was delivered since the last quiet check
         self.wake = asyncio.Event()
         self.channel = None
         self.receiver = None
@@ -274,7 +280,14 @@ class Room:
         while True:
             if not self.pending and not self.catch_up:
                 self.wake.clear()
-                await self.wake.wait()
+                if not self.quiet_check_due:
+                    await self.wake.wait()
+                    continue
+                try:
+                    await asyncio.wait_for(self.wake.wait(), QUIET_CHECK_SECONDS)
+                except asyncio.TimeoutError:
+                    self.quiet_check_due = False
+                    self.catch_up = True
                 continue
             try:
                 if self.catch_up:
@@ -331,6 +344,7 @@ class Room:
         # loop below catches up from the cache and is not in this loop's list.
         self.position = msg_id
         self.cache.append(text)
+        self.quiet_check_due = True
         for consumer in list(self.sockets):
             if consumer.closed or msg_id <= consumer.last_id:
                 continue  # e.g. the sender, acknowledged directly

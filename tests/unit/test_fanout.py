@@ -150,3 +150,14 @@ async def test_a_burst_is_stored_in_few_statements_in_send_order():
     assert len(stamps) <= 10, f"40 messages took {len(stamps)} statements"
     await a.close()
     await b.close()
+
+
+async def test_a_lost_last_message_is_delivered_once_the_room_goes_quiet():
+    client, _ = await welcome("/ws/chat/quiet/")
+    await client.send({"message": "first"})
+    assert (await client.recv())["id"] == 1
+    # Stored, its publish lost, and no later message will reveal the gap.
+    await persist("quiet", None, "w2", "trailing")
+    got = await client.recv(timeout=fanout.QUIET_CHECK_SECONDS + 5)
+    assert (got["id"], got["message"]) == (2, "trailing")
+    await client.close()
