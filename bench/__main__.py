@@ -16,7 +16,8 @@ from bench.fanout import Scenario, run_scenario
 from bench.procs import REPO
 from bench.product_stack import ProductStack
 
-STEPS = [100, 250, 500, 1000, 2000, 3000, 4000, 6000, 8000, 10000, 12000, 15000, 20000, 25000, 30000]
+STEPS = [100, 250, 500, 1000, 2000, 3000, 4000, 6000, 8000, 10000, 12000, 15000, 20000, 25000, 30000,
+         40000, 50000, 60000, 80000, 100000, 120000]
 FULL = {
     "N10": dict(rooms=1, subs_per_room=10, pubs_per_room=2, steps=STEPS),
     "N100": dict(rooms=1, subs_per_room=100, pubs_per_room=2, steps=STEPS),

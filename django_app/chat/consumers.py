@@ -27,7 +27,6 @@ from .auth import query_params
 logger = logging.getLogger(__name__)
 
 
-
 def _storable(text: str) -> bool:
     """Postgres text is UTF-8: lone surrogates (valid in JSON escapes) cannot be stored."""
     try:
@@ -86,6 +85,7 @@ class ChatConsumer(AsyncWebsocketConsumer):
     closed = False
     in_flight = 0  # messages handed to the Writer, not yet stored or refused
     settling = None
+    frames = None  # (frame, send): the server's raw-frame extension, when it offers one
 
     async def __call__(self, scope, receive, send):
         try:
@@ -166,11 +166,27 @@ class ChatConsumer(AsyncWebsocketConsumer):
         try:
             await self.accept()
             registry.live.add(self)
+            self.frames = self.scope.get(protocol.SCOPE_FRAMES)
             self.last_id = position
             await self.send(text_data=protocol.welcome(worker_id(), self.username, self.room, history, position))
         finally:
             # attach() gives the connect's hold on the Room back, whatever happens.
             await hub.attach(self)
+
+    async def deliver(self, run, skip: int = 0):
+        """Send the room messages run.texts[skip:] (chat.fanout.Run), in order.
+
+        Under chat.wsserver this is one write of frames built once per worker;
+        under any other ASGI server it is one ASGI send per message.
+        """
+        if self.frames is not None:
+            frame, send = self.frames
+            if send(run.frames(frame, skip)):
+                registry.deliveries["framed"] += 1
+                return
+        registry.deliveries["asgi"] += 1
+        for text in run.texts[skip:]:
+            await self.send(text_data=text)
 
     async def disconnect(self, code):
         self._leave()

@@ -49,6 +49,9 @@ CATCH_UP_ROUNDS = 1000  # bound on join/resync catch-up loops (each moves >= 1 m
 # that redis-py re-established) would otherwise wait for the next message to show
 # as a gap. One query per room per quiet spell, never periodic.
 QUIET_CHECK_SECONDS = 2.0
+# Most messages handed to the sockets in one go (one write per socket): bounds the
+# write size and how long one room holds the loop.
+RUN_MAX = 64
 
 
 def group_name(room: str) -> str:
@@ -223,9 +226,9 @@ class Room:
                 if consumer.last_id >= self.position:
                     self.sockets.add(consumer)
                     return
-                for text in await self._texts_after(consumer.last_id):
-                    consumer.last_id += 1
-                    await consumer.send(text_data=text)
+                texts = await self._texts_after(consumer.last_id)
+                consumer.last_id += len(texts)
+                await consumer.deliver(Run(texts))
             raise RuntimeError(f"room {self.name}: socket could not catch up with the room")
         finally:
             self.release()
@@ -296,7 +299,11 @@ class Room:
                 nxt = self.position + 1
                 if nxt in self.pending:
                     self.gap_since = None
-                    await self._fanout(nxt, self.pending.pop(nxt))
+                    texts = []
+                    while nxt in self.pending and len(texts) < RUN_MAX:
+                        texts.append(self.pending.pop(nxt))
+                        nxt += 1
+                    await self._fanout(self.position + 1, texts)
                     continue
                 for stale in [i for i in self.pending if i <= self.position]:
                     del self.pending[stale]
@@ -331,34 +338,71 @@ class Room:
             if hi <= self.position:
                 return
             rows = await _between(self.name, self.position + 1, hi)
+            first, texts = self.position + 1, []
             for m in rows:
-                if m["id"] == self.position + 1:
-                    await self._fanout(m["id"], self.pending.pop(m["id"], None) or protocol.dumps(m))
+                if m["id"] == first + len(texts):
+                    texts.append(self.pending.pop(m["id"], None) or protocol.dumps(m))
+            if texts:
+                await self._fanout(first, texts)
             if self.position < hi:
                 if upto is None:
                     return  # read everything there is
                 raise RuntimeError(f"gap fill incomplete: have {self.position}, need {hi}")
 
-    async def _fanout(self, msg_id: int, text: str):
+    async def _fanout(self, first: int, texts: list[str]):
+        """Hand ids first..first+len(texts)-1 to every local socket: one write each.
+
+        Under load the Room takes every contiguous message that is waiting (up to
+        RUN_MAX) at once, so a burst costs each socket one send, not one per message.
+        """
+        last = first + len(texts) - 1
         # Position and cache move BEFORE the sends: a socket attaching during the
         # loop below catches up from the cache and is not in this loop's list.
-        self.position = msg_id
-        self.cache.append(text)
+        self.position = last
+        self.cache.extend(texts)
         self.quiet_check_due = True
+        run = Run(texts)
         for consumer in list(self.sockets):
-            if consumer.closed or msg_id <= consumer.last_id:
-                continue  # e.g. the sender, acknowledged directly
-            if msg_id != consumer.last_id + 1:
+            if consumer.closed or last <= consumer.last_id:
+                continue  # e.g. the sender of the whole run, acknowledged directly
+            skip = consumer.last_id + 1 - first  # > 0: the sender of the first few
+            if skip < 0:
                 # Cannot happen while attach() and the sender's ack keep the invariant;
                 # if it ever does, the client resumes rather than sees a hole.
                 logger.error("room %s: socket at %s got %s; closing it to resume",
-                             self.name, consumer.last_id, msg_id)
+                             self.name, consumer.last_id, first)
                 self.sockets.discard(consumer)
                 consumer.closed = True
                 await consumer.close(code=protocol.CLOSE_RESTART)
                 continue
-            consumer.last_id = msg_id
+            consumer.last_id = last
             try:
-                await consumer.send(text_data=text)
+                await consumer.deliver(run, skip)
             except Exception:
                 logger.warning("room %s: send to one socket failed", self.name, exc_info=True)
+
+
+class Run:
+    """Consecutive messages of a room, framed once for all the worker's sockets.
+
+    With the server's raw-frame extension (chat.wsserver offers it under daphne)
+    each message is framed once per worker and each socket gets one write of the
+    joined frames, instead of a framing and an ASGI send per socket per message.
+    """
+
+    __slots__ = ("texts", "_frames", "_whole")
+
+    def __init__(self, texts: list[str]):
+        self.texts = texts
+        self._frames = None
+        self._whole = None
+
+    def frames(self, frame, skip: int = 0) -> bytes:
+        """texts[skip:] as WebSocket frames, built by the server's `frame` function."""
+        if self._frames is None:
+            self._frames = [frame(text) for text in self.texts]
+        if skip:
+            return b"".join(self._frames[skip:])
+        if self._whole is None:
+            self._whole = b"".join(self._frames)
+        return self._whole

@@ -27,6 +27,12 @@ ERR_RATE_LIMITED = "rate_limited"
 ERR_UNAVAILABLE = "unavailable"
 
 MESSAGE = "chat.message"
+
+# Scope key under which our daphne server (chat.wsserver) offers a pair
+# (frame(text) -> bytes, send(frames: bytes) -> bool): the room fan-out frames
+# each message once per worker and writes it to each socket without the ASGI
+# send path (send returns False when the socket must use the ASGI path).
+SCOPE_FRAMES = "chat.frames"
 WELCOME = "chat.welcome"
 ERROR = "chat.error"
 

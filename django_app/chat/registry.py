@@ -26,6 +26,12 @@ def count() -> int:
 # exposed on the worker's /healthz so operators can see what is being refused.
 refusals = collections.Counter()
 
+# How room messages reached this worker's sockets, in writes: "framed" (frames
+# built once per worker, one write per socket per run of messages; chat.wsserver)
+# or "asgi" (one ASGI send per message; any other server). On /healthz, so an
+# operator can see the fast path is in use.
+deliveries = collections.Counter()
+
 
 async def close_sockets(consumers, code: int, log) -> None:
     """Close each consumer's socket with `code` (drain, Redis resync).

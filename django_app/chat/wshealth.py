@@ -42,6 +42,7 @@ class WorkerHealthApp:
                         "worker": worker_id(),
                         "sockets": registry.count(),
                         "refusals": dict(registry.refusals),
+                        "deliveries": dict(registry.deliveries),
                     },
                 )
             if registry.state.draining:

@@ -88,19 +88,32 @@ def _wait_http(url, deadline):
     raise AssertionError(f"{url} did not answer in time")
 
 
+def _start_worker(port, **env_overrides):
+    """The real worker process (`python -m chat.wsserver`), as services/bin/ws runs it."""
+    env = dict(os.environ, POSTGRES_DB=connection.settings_dict["NAME"], **env_overrides)
+    proc = subprocess.Popen(
+        [sys.executable, "-m", "chat.wsserver", "-b", "127.0.0.1", "-p", str(port), "config.asgi:application"],
+        cwd=DJANGO_APP, env=env, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True,
+    )
+    if _wait_http(f"http://127.0.0.1:{port}/healthz", time.monotonic() + 20) != 200:
+        proc.kill()
+        raise AssertionError("worker did not answer /healthz")
+    return proc
+
+
+def _stop(proc):
+    if proc.poll() is None:
+        proc.kill()
+        proc.wait(timeout=5)
+
+
 @pytest.mark.slow
 @pytest.mark.django_db(transaction=True)
 def test_sigterm_drains_sockets_with_1012_and_exits_0():
     port = free_port()
     drain_seconds = 5
-    env = dict(os.environ, WS_DRAIN_SECONDS=str(drain_seconds), POSTGRES_DB=connection.settings_dict["NAME"])
-    proc = subprocess.Popen(
-        [sys.executable, "-m", "chat.wsserver", "-b", "127.0.0.1", "-p", str(port), "config.asgi:application"],
-        cwd=DJANGO_APP, env=env, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True,
-    )
+    proc = _start_worker(port, WS_DRAIN_SECONDS=str(drain_seconds))
     try:
-        assert _wait_http(f"http://127.0.0.1:{port}/healthz", time.monotonic() + 20) == 200
-
         async def scenario():
             async with websockets.connect(f"ws://127.0.0.1:{port}/ws/chat/drain/", open_timeout=5) as ws:
                 assert json.loads(await asyncio.wait_for(ws.recv(), 5))["type"] == "chat.welcome"
@@ -114,8 +127,48 @@ def test_sigterm_drains_sockets_with_1012_and_exits_0():
         assert code == 1012 and took < drain_seconds
         assert proc.wait(timeout=drain_seconds + 5) == 0
     finally:
-        if proc.poll() is None:
-            proc.kill()
-            proc.wait(timeout=5)
+        _stop(proc)
     log = proc.stdout.read()
     assert "drain: closing 1 socket(s)" in log and "every socket closed" in log
+
+
+@pytest.mark.slow
+@pytest.mark.django_db(transaction=True)
+def test_worker_writes_room_messages_as_prebuilt_frames_in_order():
+    """Under the real worker the Room writes frames built once (chat.wsserver's
+    extension), and a burst, long and non-ASCII messages included, still reaches
+    every socket complete, in id order, exactly once."""
+    port = free_port()
+    proc = _start_worker(port, CHAT_RATE_PER_SEC="1000", CHAT_RATE_BURST="1000")
+    texts = [f"burst {i}:" + ("é" * (i * 37 % 1900)) for i in range(60)]
+    try:
+        async def scenario():
+            url = f"ws://127.0.0.1:{port}/ws/chat/frames/"
+            readers = [await websockets.connect(url, open_timeout=5, max_size=None) for _ in range(3)]
+            sender = await websockets.connect(url, open_timeout=5)
+            try:
+                for ws in [*readers, sender]:
+                    assert json.loads(await asyncio.wait_for(ws.recv(), 5))["type"] == "chat.welcome"
+                for text in texts:
+                    await sender.send(json.dumps({"message": text}))
+                got = []
+                for ws in readers:
+                    frames = []
+                    while len(frames) < len(texts):
+                        frames.append(json.loads(await asyncio.wait_for(ws.recv(), 10)))
+                    got.append(frames)
+                return got
+            finally:
+                for ws in [*readers, sender]:
+                    await ws.close()
+
+        got = asyncio.run(scenario())
+        for frames in got:
+            assert [f["message"] for f in frames] == texts
+            ids = [f["id"] for f in frames]
+            assert ids == list(range(ids[0], ids[0] + len(texts)))
+        with urllib.request.urlopen(f"http://127.0.0.1:{port}/healthz", timeout=5) as resp:
+            deliveries = json.load(resp)["deliveries"]
+        assert deliveries.get("framed", 0) >= 3 and deliveries.get("asgi", 0) == 0, deliveries
+    finally:
+        _stop(proc)
