@@ -81,7 +81,8 @@ def parse(argv):
 def main(argv=None):
     args = parse(argv)
     table = SMOKE if args.smoke else FULL
-    names = args.scenarios.split(",") if args.scenarios else list(table)
+    # --scenarios '' runs no fan-out scenario (idle capacity and connects only)
+    names = [n for n in args.scenarios.split(",") if n] if args.scenarios is not None else list(table)
     unknown = [n for n in names if n not in table]
     if unknown:
         sys.exit(f"unknown scenario(s) {unknown}; choose from {list(table)}")

@@ -11,7 +11,6 @@ from urllib.parse import parse_qs
 
 from channels.auth import AuthMiddleware
 from channels.db import database_sync_to_async
-from channels.middleware import BaseMiddleware
 from channels.sessions import CookieMiddleware, SessionMiddleware
 from django.contrib.auth.models import AnonymousUser
 
@@ -33,7 +32,13 @@ def _verify(token):
     return tokens.verify(token)
 
 
-class TokenAuthMiddleware(BaseMiddleware):
+class TokenAuthMiddleware:
+    """Resolves ?token= into scope["user"]; copies the scope only when a token is given
+    (a scope copy lives as long as the socket: ~1 KiB each at 10,000 sockets)."""
+
+    def __init__(self, inner):
+        self.inner = inner
+
     async def __call__(self, scope, receive, send):
         params = query_params(scope)
         if "token" in params:
@@ -45,7 +50,7 @@ class TokenAuthMiddleware(BaseMiddleware):
                 logger.warning("ws token refused: %s path=%r", exc.reason, scope.get("path"))
                 scope["user"] = AnonymousUser()
                 scope["token_error"] = exc.reason
-        return await super().__call__(scope, receive, send)
+        return await self.inner(scope, receive, send)
 
 
 class SessionAuthMiddleware(AuthMiddleware):

@@ -33,6 +33,7 @@ from daphne.cli import CommandLineInterface  # noqa: E402  (after the loop polic
 from daphne.server import Server  # noqa: E402
 from daphne.ws_protocol import WebSocketProtocol  # noqa: E402
 from twisted.internet import reactor  # noqa: E402
+from twisted.web.http import HTTPChannel  # noqa: E402
 
 from chat.protocol import SCOPE_FRAMES  # noqa: E402
 from chat.wsio import Inbox, frame_text  # noqa: E402
@@ -58,6 +59,24 @@ class ChatWebSocketProtocol(WebSocketProtocol):
     """daphne's WebSocket protocol with two additions the chat app relies on."""
 
     SERVER_CODES = frozenset({1011, 1012, 1013})
+
+    def connectionMade(self):
+        super().connectionMade()
+        self._detach_http_channel()
+
+    def _detach_http_channel(self):
+        """Let go of the HTTP connection object this socket was upgraded from.
+
+        daphne hands the TCP transport over to us but leaves Twisted's HTTPChannel
+        registered on it as its producer, so the channel, its upgrade request and
+        headers live as long as the socket (~2.5 KiB each), and the channel's idle
+        timer (Twisted's default: 12 hours, never reset once the socket speaks
+        WebSocket) would eventually drop a healthy connection.
+        """
+        channel = getattr(self.transport, "producer", None)
+        if isinstance(channel, HTTPChannel):
+            channel.setTimeout(None)
+            self.transport.unregisterProducer()
 
     def serverClose(self, code=None):
         """Lets the app close with 1011/1012/1013.
