@@ -7,14 +7,15 @@ worker, and going through nginx would measure nginx's worker_connections.
 """
 import time
 
-from bench.client import Proc
-from bench.cpu import rss
+from bench.client import Proc, pids_of
+from bench.cpu import CpuWindow, rss
 
 
-def _fan(procs, n, urls, concurrency, deadline_s):
+def _fan(procs, n, urls, concurrency, deadline_s, light=False):
     per = [n // len(procs) + (1 if i < n % len(procs) else 0) for i in range(len(procs))]
     for p, k in zip(procs, per):
-        p.send(op="open", n=k, urls=urls, concurrency=max(1, concurrency // len(procs)), deadline_s=deadline_s)
+        p.send(op="open", n=k, urls=urls, concurrency=max(1, concurrency // len(procs)), deadline_s=deadline_s,
+               light=light)
     opened, elapsed, failures = 0, 0.0, {}
     for p in procs:
         r = p.recv(timeout=deadline_s + 60)
@@ -42,11 +43,15 @@ def measure(stack, connects=1500, connect_concurrency=200, idle_per_worker=10000
             procs=2, deadline_s=100.0, log=print):
     clients = [Proc("idle") for _ in range(procs)]
     try:
-        # 1. connects/s through nginx (the public entry)
+        # 1. connects/s through nginx (the public entry), with a light client
+        #    (bench.client._Handshake) and the CPU of every process while it runs
+        cpu = CpuWindow({**stack.server_pids(), **pids_of(clients)}).start()
         opened, elapsed, failures = _fan(clients, connects, [stack.ws_base + "/ws/chat/benchidle/"],
-                                         connect_concurrency, deadline_s)
+                                         connect_concurrency, deadline_s, light=True)
+        connect_cpu = cpu.stop()
         connect_rate = round(opened / elapsed, 1) if elapsed else None
         log(f"  connects: {opened}/{connects} in {elapsed:.2f}s = {connect_rate}/s {failures or ''}")
+        log(f"  CPU % during connects: {connect_cpu}")
         for p in clients:
             p.call(op="close_all", timeout=120)
         # 2. idle sockets held per worker, straight to each worker's port, all
@@ -72,7 +77,8 @@ def measure(stack, connects=1500, connect_concurrency=200, idle_per_worker=10000
         for p in clients:
             p.call(op="close_all", timeout=180)
         return {"connects": {"attempted": connects, "opened": opened, "seconds": round(elapsed, 3),
-                             "per_s": connect_rate, "concurrency": connect_concurrency, "failures": failures},
+                             "per_s": connect_rate, "concurrency": connect_concurrency, "failures": failures,
+                             "cpu_pct": connect_cpu},
                 "idle": workers,
                 "sockets_per_worker": min((w["alive"] for w in workers), default=0),
                 "rss_per_socket_kib": max((w["rss_per_socket_kib"] or 0 for w in workers), default=None)}

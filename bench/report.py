@@ -153,6 +153,8 @@ def plot(results, path):
     import matplotlib.pyplot as plt
 
     names = results["scenarios"]
+    if not names:
+        return  # capacity-only run: nothing to plot
     fig, axes = plt.subplots(1, len(names), figsize=(5.2 * len(names), 4.2), squeeze=False)
     for ax, name in zip(axes[0], names):
         palette = iter(["tab:green", "tab:purple", "tab:orange", "tab:brown", "tab:olive"])

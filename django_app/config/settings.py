@@ -179,6 +179,9 @@ WS_APP_CLOSE_TIMEOUT = env.int("WS_APP_CLOSE_TIMEOUT", default=10)
 WS_EVENT_LOOP = env.str("WS_EVENT_LOOP", default="uvloop")
 if WS_EVENT_LOOP not in ("uvloop", "asyncio"):
     raise ImproperlyConfigured(f"WS_EVENT_LOOP must be uvloop or asyncio, not {WS_EVENT_LOOP!r}")
+WS_GC_THRESHOLD = env.int("WS_GC_THRESHOLD", default=10000)
+if WS_GC_THRESHOLD < 700:
+    raise ImproperlyConfigured(f"WS_GC_THRESHOLD must be at least 700 (CPython's default), not {WS_GC_THRESHOLD}")
 
 # --- logging ------------------------------------------------------------------
 LOG_LEVEL = env.str("LOG_LEVEL", default="INFO").upper()

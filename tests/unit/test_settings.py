@@ -59,3 +59,8 @@ def test_token_redaction_filter_is_on_the_stdout_handler():
     record = logging.LogRecord("x", logging.INFO, __file__, 1, "GET /ws/chat/a/?token=%s&after=3", ("s3cr3t",), None)
     RedactTokens().filter(record)
     assert record.getMessage() == "GET /ws/chat/a/?token=[redacted]&after=3"
+
+
+def test_ws_gc_threshold_below_cpythons_default_refuses_to_start():
+    result = _manage("check", WS_GC_THRESHOLD="100")
+    assert result.returncode != 0 and "WS_GC_THRESHOLD must be at least 700" in result.stderr
