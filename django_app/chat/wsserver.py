@@ -70,9 +70,9 @@ class ChatWebSocketProtocol(WebSocketProtocol):
 
         daphne hands the TCP transport over to us but leaves Twisted's HTTPChannel
         registered on it as its producer, so the channel, its upgrade request and
-        headers live as long as the socket (~2.5 KiB each), and the channel's idle
-        timer (Twisted's default: 12 hours, never reset once the socket speaks
-        WebSocket) would eventually drop a healthy connection.
+        headers live as long as the socket (~2.5 KiB each). (The channel's idle
+        timer is already off: Twisted suspends it while a request is in progress,
+        and the upgrade request never finishes; setTimeout(None) just makes sure.)
         """
         channel = getattr(self.transport, "producer", None)
         if isinstance(channel, HTTPChannel):
