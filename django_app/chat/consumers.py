@@ -76,7 +76,7 @@ class TokenBucket:
 
 class ChatConsumer(AsyncWebsocketConsumer):
     # No channel-layer channel per socket: the worker's Room (chat.fanout) holds the
-    # one subscription per room and calls send() on its sockets. An alias that is not
+    # one subscription per room and hands messages to its sockets (deliver()). An alias that is not
     # configured makes Channels skip the per-socket channel and its receive task.
     channel_layer_alias = "chat.fanout"
     room = None
