@@ -27,14 +27,14 @@ ERR_RATE_LIMITED = "rate_limited"
 ERR_UNAVAILABLE = "unavailable"
 
 MESSAGE = "chat.message"
+WELCOME = "chat.welcome"
+ERROR = "chat.error"
 
 # Scope key under which our daphne server (chat.wsserver) offers a pair
 # (frame(text) -> bytes, send(frames: bytes) -> bool): the room fan-out frames
 # each message once per worker and writes it to each socket without the ASGI
 # send path (send returns False when the socket must use the ASGI path).
 SCOPE_FRAMES = "chat.frames"
-WELCOME = "chat.welcome"
-ERROR = "chat.error"
 
 
 def valid_room(name: str) -> bool:

@@ -57,7 +57,8 @@ def unsent_bytes(transport) -> int:
 
 
 class ChatWebSocketProtocol(WebSocketProtocol):
-    """daphne's WebSocket protocol with two additions the chat app relies on."""
+    """daphne's WebSocket protocol, plus: server close codes (serverClose), pre-built
+    frames for the room fan-out (send_frames), and no HTTPChannel kept per socket."""
 
     SERVER_CODES = frozenset({1011, 1012, 1013})
 
