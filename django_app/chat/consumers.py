@@ -1,18 +1,16 @@
 """The chat WebSocket consumer: one socket's half of the hot path.
 
 Flow of one message: receive() validates and rate-limits, then hands the text
-to its room's chat.writer.Writer, which stores it FIRST (so an id exists only
+to its room's chat.delivery.writer.Writer, which stores it FIRST (so an id exists only
 for stored messages; many messages per statement under load), acknowledges the
 sender, and publishes the serialised JSON once to the room group (Redis
-pub/sub). On every worker, chat.fanout's Room for that room hands the text to
+pub/sub). On every worker, chat.delivery.fanout's Room for that room hands the text to
 its local sockets in id order, filling gaps from Postgres, so each socket sees
 every id exactly once, whichever worker published it and whatever Redis lost.
 """
 import asyncio
 import json
 import logging
-import os
-import socket
 import time
 
 from channels.consumer import get_handler_name
@@ -21,8 +19,12 @@ from channels.generic.websocket import AsyncWebsocketConsumer
 from django.conf import settings
 from django.utils.crypto import salted_hmac
 
-from . import fanout, protocol, registry
+from wsworker import registry
+from wsworker.frames import SCOPE_FRAMES
+
+from . import protocol
 from .auth import query_params
+from .delivery import fanout
 
 logger = logging.getLogger(__name__)
 
@@ -34,10 +36,6 @@ def _storable(text: str) -> bool:
     except UnicodeEncodeError:
         return False
     return True
-
-
-def worker_id() -> str:
-    return f"{socket.gethostname()}:{os.getpid()}"
 
 
 def anon_name(scope) -> str:
@@ -75,7 +73,7 @@ class TokenBucket:
 
 
 class ChatConsumer(AsyncWebsocketConsumer):
-    # No channel-layer channel per socket: the worker's Room (chat.fanout) holds the
+    # No channel-layer channel per socket: the worker's Room (chat.delivery.fanout) holds the
     # one subscription per room and hands messages to its sockets (deliver()). An alias that is not
     # configured makes Channels skip the per-socket channel and its receive task.
     channel_layer_alias = "chat.fanout"
@@ -178,17 +176,17 @@ class ChatConsumer(AsyncWebsocketConsumer):
         try:
             await self.accept()
             registry.live.add(self)
-            self.frames = self.scope.get(protocol.SCOPE_FRAMES)
+            self.frames = self.scope.get(SCOPE_FRAMES)
             self.last_id = position
-            await self.send(text_data=protocol.welcome(worker_id(), self.username, self.room, history, position))
+            await self.send(text_data=protocol.welcome(registry.worker_id(), self.username, self.room, history, position))
         finally:
             # attach() gives the connect's hold on the Room back, whatever happens.
             await hub.attach(self)
 
     async def deliver(self, run, skip: int = 0):
-        """Send the room messages run.texts[skip:] (chat.fanout.Run), in order.
+        """Send the room messages run.texts[skip:] (chat.delivery.fanout.Run), in order.
 
-        Under chat.wsserver this is one write of frames built once per worker;
+        Under wsworker this is one write of frames built once per worker;
         under any other ASGI server it is one ASGI send per message.
         """
         if self.frames is not None:

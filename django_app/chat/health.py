@@ -1,18 +1,13 @@
-"""Dependency probes shared by the web /readyz view and the ws worker /readyz.
+"""Dependency probes of the web /readyz view (the ws worker has its own: wsworker.health).
 
 Each probe has a short timeout and returns None when healthy or a short reason
 string otherwise: readiness must answer quickly, never hang on a dead backend.
 """
 import psycopg
 import redis
-import redis.asyncio as aioredis
 from django.conf import settings
 
 TIMEOUT = 2.0
-
-
-def channel_layer_redis_url() -> str:
-    return settings.CHANNEL_LAYERS["default"]["CONFIG"]["hosts"][0]["address"]
 
 
 def _describe(exc: Exception) -> str:
@@ -30,19 +25,6 @@ def redis_sync(url: str | None = None) -> str | None:
         return _describe(exc)
     finally:
         client.close()
-
-
-async def redis_async(url: str | None = None) -> str | None:
-    client = aioredis.Redis.from_url(
-        url or channel_layer_redis_url(), socket_timeout=TIMEOUT, socket_connect_timeout=TIMEOUT
-    )
-    try:
-        await client.ping()
-        return None
-    except Exception as exc:
-        return _describe(exc)
-    finally:
-        await client.aclose()
 
 
 def database() -> str | None:

@@ -13,7 +13,9 @@ from channels.generic.websocket import AsyncWebsocketConsumer
 from channels.security.websocket import OriginValidator
 from django.conf import settings
 
-from . import protocol, registry
+from wsworker import registry
+
+from . import protocol
 
 logger = logging.getLogger(__name__)
 

@@ -30,12 +30,6 @@ MESSAGE = "chat.message"
 WELCOME = "chat.welcome"
 ERROR = "chat.error"
 
-# Scope key under which our daphne server (chat.wsserver) offers a pair
-# (frame(text) -> bytes, send(frames: bytes) -> bool): the room fan-out frames
-# each message once per worker and writes it to each socket without the ASGI
-# send path (send returns False when the socket must use the ASGI path).
-SCOPE_FRAMES = "chat.frames"
-
 
 def valid_room(name: str) -> bool:
     return bool(ROOM_RE.fullmatch(name or ""))
@@ -58,7 +52,7 @@ def message_dict(msg_id, room, username, text, ts) -> dict:
 
 
 def welcome(worker, user, room, history_texts, last_id) -> str:
-    """history_texts are chat.message frames already serialised (chat.fanout caches them)."""
+    """history_texts are chat.message frames already serialised (chat.delivery.fanout caches them)."""
     head = dumps({"type": WELCOME, "worker": worker, "user": user, "room": room, "last_id": last_id})
     return head[:-1] + ',"history":[' + ",".join(history_texts) + "]}"
 

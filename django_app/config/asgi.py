@@ -16,7 +16,7 @@ from channels.routing import ProtocolTypeRouter, URLRouter  # noqa: E402
 from chat.auth import TokenAuthMiddlewareStack  # noqa: E402
 from chat.origin import SettingsOriginValidator  # noqa: E402
 from chat.routing import websocket_urlpatterns  # noqa: E402
-from chat.wshealth import WorkerHealthApp  # noqa: E402
+from wsworker.health import WorkerHealthApp  # noqa: E402
 
 application = ProtocolTypeRouter(
     {

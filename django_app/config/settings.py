@@ -208,6 +208,7 @@ LOGGING = {
         "django": {"level": LOG_LEVEL, "propagate": True},
         "daphne": {"level": LOG_LEVEL, "propagate": True},
         "chat": {"level": LOG_LEVEL, "propagate": True},
+        "wsworker": {"level": LOG_LEVEL, "propagate": True},
         "django.security.DisallowedHost": {"filters": ["client_refusal"], "propagate": True},
     },
 }

@@ -1,57 +1,22 @@
-"""Per-connection pieces of our daphne server (chat.wsserver) that cost memory or CPU
-once per socket. Kept apart so they import without starting Twisted's reactor.
-"""
-import asyncio
-import collections
+"""Pre-built WebSocket frames: the fast path for fan-out.
 
+A fan-out sends the same text to many sockets. Through ASGI each socket would
+frame it again and go through the app's send wrapper, daphne's handle_reply and
+autobahn's sendData. Instead the server offers every WebSocket scope, under
+SCOPE_FRAMES, a pair (frame, send):
+
+    frame(text: str) -> bytes      one unmasked, uncompressed text frame
+    send(frames: bytes) -> bool    write frames to this socket; False when the
+                                   socket needs the ASGI path (e.g. compression)
+
+so an app frames each message once per worker and writes the same bytes to
+every local socket. Under any other ASGI server the key is absent.
+"""
 from autobahn.websocket.protocol import PreparedMessage
+
+SCOPE_FRAMES = "wsworker.frames"
 
 
 def frame_text(text: str) -> bytes:
     """One unmasked, uncompressed WebSocket text frame (autobahn does the framing)."""
     return PreparedMessage(text.encode("utf-8"), False, False, True).payloadHybi
-
-
-class Inbox:
-    """daphne's per-connection receive queue, in two slots instead of an asyncio.Queue.
-
-    There is one producer (the protocol's put_nowait) and one reader (the app's
-    receive()). asyncio.Queue carries four deques and an Event for features this
-    never uses: about 3 KiB per idle socket, 30 MiB per 10,000.
-    """
-
-    __slots__ = ("_items", "_waiter")
-
-    def __init__(self):
-        self._items = None  # a deque only while events wait for the reader
-        self._waiter = None
-
-    def put_nowait(self, item) -> None:
-        waiter, self._waiter = self._waiter, None
-        if waiter is not None and not waiter.done():
-            waiter.set_result(item)
-            return
-        if self._items is None:
-            self._items = collections.deque()
-        self._items.append(item)
-
-    async def get(self):
-        if self._items:
-            item = self._items.popleft()
-            if not self._items:
-                self._items = None
-            return item
-        if self._waiter is not None:
-            raise RuntimeError("an Inbox has a single reader")
-        waiter = self._waiter = asyncio.get_running_loop().create_future()
-        try:
-            return await waiter
-        except asyncio.CancelledError:
-            if self._waiter is waiter:
-                self._waiter = None
-            elif not waiter.cancelled():
-                # The event arrived as we were cancelled: keep it for the next get().
-                if self._items is None:
-                    self._items = collections.deque()
-                self._items.appendleft(waiter.result())
-            raise

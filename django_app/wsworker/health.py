@@ -1,13 +1,53 @@
-"""HTTP on a daphne ws worker: /healthz and /readyz answered without Django.
+"""HTTP on a ws worker: /healthz and /readyz answered without Django.
 
 Kept outside Django's request cycle so probes stay cheap and keep answering
 even when the ORM, middleware or database is in trouble. Every other path is
-handed to Django, so `runserver` (which serves everything via ASGI) still works.
+handed to the wrapped app, so `runserver` (which serves everything via ASGI)
+still works. Wrap the project's HTTP app: `"http": WorkerHealthApp(django_asgi_app)`.
+
+- /healthz (liveness): 200 with this worker's counters.
+- /readyz (readiness): 503 while draining, or when the Redis channel layer does
+  not answer a PING within TIMEOUT; 200 otherwise.
 """
 import json
 
-from . import health, registry
-from .consumers import worker_id
+import redis.asyncio as aioredis
+from django.conf import settings
+
+from . import registry
+
+TIMEOUT = 2.0
+
+
+def channel_layer_redis_url() -> str | None:
+    """The first Redis address of the default channel layer, if it is a Redis layer."""
+    layer = getattr(settings, "CHANNEL_LAYERS", {}).get("default", {})
+    hosts = layer.get("CONFIG", {}).get("hosts") or []
+    if not hosts or "redis" not in layer.get("BACKEND", ""):
+        return None
+    host = hosts[0]
+    if isinstance(host, dict):
+        return host.get("address")
+    return host if isinstance(host, str) else "redis://{}:{}".format(*host)
+
+
+def _describe(exc: Exception) -> str:
+    return f"{type(exc).__name__}: {exc}"[:200]
+
+
+async def redis_problem(url: str | None = None) -> str | None:
+    """None when the channel layer's Redis answers a PING within TIMEOUT, else why not."""
+    url = url or channel_layer_redis_url()
+    if url is None:
+        return None  # not a Redis layer: nothing to check
+    client = aioredis.Redis.from_url(url, socket_timeout=TIMEOUT, socket_connect_timeout=TIMEOUT)
+    try:
+        await client.ping()
+        return None
+    except Exception as exc:
+        return _describe(exc)
+    finally:
+        await client.aclose()
 
 
 async def _respond(send, status: int, body: dict):
@@ -27,8 +67,8 @@ async def _respond(send, status: int, body: dict):
 
 
 class WorkerHealthApp:
-    def __init__(self, django_app):
-        self.django_app = django_app
+    def __init__(self, app):
+        self.app = app
 
     async def __call__(self, scope, receive, send):
         path = scope.get("path")
@@ -39,7 +79,7 @@ class WorkerHealthApp:
                     200,
                     {
                         "status": "ok",
-                        "worker": worker_id(),
+                        "worker": registry.worker_id(),
                         "sockets": registry.count(),
                         "refusals": dict(registry.refusals),
                         "deliveries": dict(registry.deliveries),
@@ -47,8 +87,8 @@ class WorkerHealthApp:
                 )
             if registry.state.draining:
                 return await _respond(send, 503, {"status": "draining", "reason": "worker is draining"})
-            problem = await health.redis_async()
+            problem = await redis_problem()
             if problem:
                 return await _respond(send, 503, {"status": "error", "reason": f"redis: {problem}"})
-            return await _respond(send, 200, {"status": "ok", "worker": worker_id()})
-        return await self.django_app(scope, receive, send)
+            return await _respond(send, 200, {"status": "ok", "worker": registry.worker_id()})
+        return await self.app(scope, receive, send)

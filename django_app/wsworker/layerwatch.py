@@ -4,17 +4,21 @@ channels_redis's pub/sub layer holds one SUBSCRIBE connection per process. When
 Redis restarts, the subscriptions on it are gone and (channels_redis 4.3 with
 redis-py 8) are not restored: group_send still succeeds, but this worker's
 sockets silently stop receiving. A watcher per process polls Redis's `run_id`;
-when Redis was unreachable or its run_id changed, the layer is flushed and every
-Room (chat.fanout) subscribes again on a fresh connection, then reads from
-Postgres what was published meanwhile. Sockets stay open and lose nothing,
-because every message is persisted before it is broadcast.
+when Redis was unreachable or its run_id changed, the layer is flushed and the
+app's resync callbacks run (wsworker.hooks.on_resync: chat's Rooms subscribe
+again on a fresh connection, then read from Postgres what was published
+meanwhile). Sockets stay open.
+
+Only a Redis channel layer is watched; under any other layer this does nothing.
 """
 import asyncio
 import logging
 
 from channels.layers import get_channel_layer
-from django.conf import settings
 from redis import asyncio as aioredis
+
+from . import hooks
+from .health import channel_layer_redis_url
 
 
 logger = logging.getLogger(__name__)
@@ -27,15 +31,17 @@ generation = 0
 
 
 def ensure_started() -> None:
-    """Start the watcher on the running loop once per process (chat.wsserver calls it)."""
+    """Start the watcher on the running loop once per process (the server calls it)."""
     global _task
+    if channel_layer_redis_url() is None:
+        return
     loop = asyncio.get_running_loop()
     if _task is None or _task.done() or _task.get_loop() is not loop:
-        _task = loop.create_task(_watch(), name="chat-layerwatch")
+        _task = loop.create_task(_watch(), name="wsworker-layerwatch")
 
 
 async def _watch() -> None:
-    client = aioredis.Redis.from_url(settings.REDIS_URL, socket_timeout=2, socket_connect_timeout=2)
+    client = aioredis.Redis.from_url(channel_layer_redis_url(), socket_timeout=2, socket_connect_timeout=2)
     known_run_id, unreachable = None, False
     while True:
         try:
@@ -63,6 +69,4 @@ async def _resync(what: str) -> None:
         await get_channel_layer().flush()
     except Exception:
         logger.warning("channel layer: flush failed during resync", exc_info=True)
-    from . import fanout
-
-    await fanout.resubscribe_all()
+    await hooks.run_resync()

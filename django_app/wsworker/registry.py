@@ -1,9 +1,15 @@
-"""Process-local state shared by the consumers, the ws health app and the drain.
+"""Process-local state of one worker: its sockets, its refusals, its deliveries.
 
-One daphne process = one registry: /healthz counts these sockets, and the
+One worker process = one registry: /healthz counts these sockets, and the
 SIGTERM drain closes them. Nothing here crosses processes (that is Redis's job).
+
+The app's part of the contract: add each accepted consumer to `live` (a
+consumer is anything with an async close(code=...) and a `closed` flag), and
+count what it refuses in `refusals` and how it delivered in `deliveries`.
 """
 import collections
+import os
+import socket
 import weakref
 
 # WeakSet: a consumer that dies without disconnect() can never pin memory or be
@@ -18,6 +24,11 @@ class _State:
 state = _State()
 
 
+def worker_id() -> str:
+    """How this worker names itself to clients and operators: host:pid."""
+    return f"{socket.gethostname()}:{os.getpid()}"
+
+
 def count() -> int:
     return len(live)
 
@@ -26,15 +37,15 @@ def count() -> int:
 # exposed on the worker's /healthz so operators can see what is being refused.
 refusals = collections.Counter()
 
-# How room messages reached this worker's sockets, in writes: "framed" (frames
-# built once per worker, one write per socket per run of messages; chat.wsserver)
+# How messages reached this worker's sockets, in writes: "framed" (frames built
+# once per worker, one write per socket per run of messages; wsworker.frames)
 # or "asgi" (one ASGI send per message; any other server). On /healthz, so an
 # operator can see the fast path is in use.
 deliveries = collections.Counter()
 
 
 async def close_sockets(consumers, code: int, log) -> None:
-    """Close each consumer's socket with `code` (drain, Redis resync).
+    """Close each consumer's socket with `code` (drain, Redis resync, shed room).
 
     Marks them closed first so no further frame is sent; one failing close must
     not spare the others.

@@ -73,7 +73,7 @@ async def welcome(path, **kw):
     return client, frame
 
 
-from chat import store  # noqa: E402  (after config.asgi has set Django up)
+from chat.delivery import store  # noqa: E402  (after config.asgi has set Django up)
 
 persist = database_sync_to_async(store.persist)
 

@@ -1,4 +1,4 @@
-"""The per-worker Room (chat.fanout): ordering, the history cache and Redis resync,
+"""The per-worker Room (chat.delivery.fanout): ordering, the history cache and Redis resync,
 through the real ASGI stack against real Postgres and Redis."""
 import asyncio
 
@@ -6,7 +6,9 @@ import pytest
 from channels.db import database_sync_to_async
 from channels.layers import get_channel_layer
 
-from chat import fanout, layerwatch, protocol
+from chat import protocol
+from chat.delivery import fanout
+from wsworker import layerwatch
 from chat.models import Message
 
 from .conftest import persist, welcome
@@ -116,7 +118,7 @@ async def test_one_redis_subscription_per_room_per_worker_gone_with_the_last_soc
 
 
 async def test_a_room_this_worker_cannot_keep_up_with_is_shed_with_1013(settings):
-    from chat import registry
+    from wsworker import registry
 
     settings.CHAT_REORDER_WAIT_MS = 60_000  # id 1 never comes: everything after it waits
     settings.CHAT_ROOM_MAX_BACKLOG = 3

@@ -1,4 +1,4 @@
-"""The per-socket pieces of our daphne server (chat.wsio): frames and the Inbox.
+"""The per-socket pieces of our daphne server (wsworker.frames, wsworker.inbox): frames and the Inbox.
 
 Frames are checked with the websockets library's own parser, i.e. as a client
 reads them; the Inbox is checked for the orders of events daphne can produce.
@@ -9,7 +9,8 @@ import pytest
 from websockets.frames import Frame, Opcode
 from websockets.streams import StreamReader
 
-from chat.wsio import Inbox, frame_text
+from wsworker.frames import frame_text
+from wsworker.inbox import Inbox
 
 
 def parse_frames(data: bytes) -> list[Frame]:

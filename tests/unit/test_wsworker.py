@@ -1,4 +1,4 @@
-"""The ws worker's own HTTP probes and the SIGTERM drain of `python -m chat.wsserver`."""
+"""The ws worker's own HTTP probes and the SIGTERM drain of `python -m wsworker`."""
 import asyncio
 import json
 import os
@@ -14,7 +14,7 @@ import websockets
 from channels.testing import HttpCommunicator
 from django.db import connection
 
-from chat import registry
+from wsworker import registry
 from config.asgi import application
 
 from .conftest import free_port, welcome
@@ -89,10 +89,10 @@ def _wait_http(url, deadline):
 
 
 def _start_worker(port, **env_overrides):
-    """The real worker process (`python -m chat.wsserver`), as services/bin/ws runs it."""
+    """The real worker process (`python -m wsworker`), as services/bin/ws runs it."""
     env = dict(os.environ, POSTGRES_DB=connection.settings_dict["NAME"], **env_overrides)
     proc = subprocess.Popen(
-        [sys.executable, "-m", "chat.wsserver", "-b", "127.0.0.1", "-p", str(port), "config.asgi:application"],
+        [sys.executable, "-m", "wsworker", "-b", "127.0.0.1", "-p", str(port), "config.asgi:application"],
         cwd=DJANGO_APP, env=env, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True,
     )
     if _wait_http(f"http://127.0.0.1:{port}/healthz", time.monotonic() + 20) != 200:
@@ -135,7 +135,7 @@ def test_sigterm_drains_sockets_with_1012_and_exits_0():
 @pytest.mark.slow
 @pytest.mark.django_db(transaction=True)
 def test_worker_writes_room_messages_as_prebuilt_frames_in_order():
-    """Under the real worker the Room writes frames built once (chat.wsserver's
+    """Under the real worker the Room writes frames built once (wsworker.server's
     extension), and a burst, long and non-ASCII messages included, still reaches
     every socket complete, in id order, exactly once."""
     port = free_port()

@@ -8,12 +8,13 @@ room's group) and a Room object hands each message to its local sockets in id
 order. Ordering, gap filling and the welcome history are then done once per
 room per worker instead of once per socket:
 
-- Ordering. Ids are dense per room (chat.store). Two workers can PUBLISH ids
+- Ordering. Ids are dense per room (chat.delivery.store). Two workers can PUBLISH ids
   N and N+1 in the wrong order; the Room holds N+1 up to CHAT_REORDER_WAIT_MS
   for N, then reads the gap from Postgres (a publish Redis lost is still stored).
 - History cache. The Room keeps the newest CHAT_ROOM_CACHE messages it has
   delivered, so a connect or resume within that window needs no query.
-- Redis restarts. chat.layerwatch calls resubscribe(): each Room subscribes on
+- Redis restarts. wsworker.layerwatch runs resubscribe_all() (registered in
+  chat/apps.py): each Room subscribes on
   the new connection and reads what it missed from Postgres. Sockets stay open.
 
 Invariant per socket: it has received exactly the ids <= consumer.last_id,
@@ -30,7 +31,10 @@ from channels.db import database_sync_to_async
 from channels.layers import get_channel_layer
 from django.conf import settings
 
-from . import layerwatch, protocol, store
+from wsworker import layerwatch, registry as worker
+
+from .. import protocol
+from . import store
 from .writer import Writer
 
 logger = logging.getLogger(__name__)
@@ -180,11 +184,9 @@ class Room:
 
     async def fail(self):
         """Delivery cannot continue in order: close the sockets; they resume from their last id."""
-        from . import registry
-
         self._discard()
         sockets, self.sockets = list(self.sockets), set()
-        await registry.close_sockets(sockets, protocol.CLOSE_OVERLOADED, logger)
+        await worker.close_sockets(sockets, protocol.CLOSE_OVERLOADED, logger)
         await self._close()
 
     # ----------------------------------------------------------- joining
@@ -263,9 +265,7 @@ class Room:
         is dropped from memory; clients back off and resume with ?after=, so
         nothing is lost. Logged, and counted on the worker's /healthz.
         """
-        from . import registry
-
-        registry.refusals[f"close {protocol.CLOSE_OVERLOADED} room backlog"] += 1
+        worker.refusals[f"close {protocol.CLOSE_OVERLOADED} room backlog"] += 1
         logger.warning("room %s: %d messages waiting > CHAT_ROOM_MAX_BACKLOG=%d; closing its %d socket(s) with %d",
                        self.name, len(self.pending), settings.CHAT_ROOM_MAX_BACKLOG, len(self.sockets),
                        protocol.CLOSE_OVERLOADED)
@@ -385,7 +385,7 @@ class Room:
 class Run:
     """Consecutive messages of a room, framed once for all the worker's sockets.
 
-    With the server's raw-frame extension (chat.wsserver offers it under daphne)
+    With the server's raw-frame extension (wsworker offers it under daphne)
     each message is framed once per worker and each socket gets one write of the
     joined frames, instead of a framing and an ASGI send per socket per message.
     """

@@ -9,8 +9,8 @@ from datetime import timezone
 
 from django.db import connection, transaction
 
-from . import protocol
-from .models import Message, Room
+from .. import protocol
+from ..models import Message, Room
 
 # One statement, so one round trip and (in autocommit) one commit, for any
 # number of messages: allocate k ids on the room row and insert the k rows with

@@ -5,7 +5,7 @@ database thread, a statement and a commit, and its sender's next frame waits
 for all of that. Under load that queue, not CPU, sets the knee. Here a
 consumer hands its validated message to its room's Writer and goes on reading
 frames; the Writer stores everything queued meanwhile in ONE statement
-(chat.store.persist_many: ids stay dense and in arrival order), then, in that
+(chat.delivery.store.persist_many: ids stay dense and in arrival order), then, in that
 order, acknowledges each sender and publishes each message. A sender's
 messages therefore keep their order, and nothing is broadcast before it is stored.
 """
@@ -16,7 +16,8 @@ from channels.db import database_sync_to_async
 from channels.layers import get_channel_layer
 from django.conf import settings
 
-from . import protocol, store
+from .. import protocol
+from . import store
 
 logger = logging.getLogger(__name__)
 
@@ -39,7 +40,7 @@ async def writes_done(timeout: float) -> bool:
 
 
 class Writer:
-    """Owned by a chat.fanout.Room: stores, acknowledges, then publishes."""
+    """Owned by a chat.delivery.fanout.Room: stores, acknowledges, then publishes."""
 
     def __init__(self, room):
         self.room = room  # the Room: its name, group and local sockets

@@ -1,0 +1,18 @@
+"""The settings the worker runtime reads, and their defaults.
+
+They live in the project's Django settings (this project fills them from the
+environment, .env.example documents each); a project that leaves one out gets
+the default here, so any Channels settings module can run under wsworker.
+"""
+from django.conf import settings
+
+DEFAULTS = {
+    "WS_DRAIN_SECONDS": 10.0,  # SIGTERM: how long the drain waits for sockets to leave
+    "WS_MAX_SEND_BUFFER_BYTES": 1048576,  # unsent bytes per socket before it is shed (1013)
+    "WS_EVENT_LOOP": "uvloop",  # uvloop or asyncio
+    "WS_GC_THRESHOLD": 10000,  # allocations between young-generation collections
+}
+
+
+def get(name: str):
+    return getattr(settings, name, DEFAULTS[name])

@@ -1,0 +1,120 @@
+"""One WebSocket connection: daphne's protocol with the additions a worker needs.
+
+- server close codes 1011/1012/1013 (drain, overload), which autobahn refuses;
+- send_frames: pre-built frames written straight to the transport (wsworker.frames);
+- no HTTPChannel kept alive per socket (memory);
+- autobahn's per-connection options held once on the class (memory, connect CPU).
+
+Every autobahn/daphne/Twisted internal the runtime touches is named in
+PRIVATE_INTERNALS below; tests/unit/test_wsworker_internals.py fails when an
+upgrade removes one.
+"""
+from daphne.ws_protocol import WebSocketProtocol
+from twisted.web.http import HTTPChannel
+
+# Library internals this package relies on, each (class, attribute): an
+# attribute of the class, or one its methods set on `self`. Pinned by
+# tests/unit/test_wsworker_internals.py, which fails when an upgrade drops one.
+PRIVATE_INTERNALS = (
+    ("autobahn.websocket.protocol.WebSocketServerProtocol", "_perMessageCompress"),  # send_frames
+    ("autobahn.websocket.protocol.WebSocketServerProtocol", "send_queue"),  # send_frames
+    ("autobahn.websocket.protocol.WebSocketServerProtocol", "trafficStats"),  # send_frames
+    ("autobahn.websocket.protocol.WebSocketServerProtocol", "sendCloseFrame"),  # serverClose
+    ("autobahn.websocket.protocol.WebSocketServerProtocol", "CONFIG_ATTRS"),  # share_protocol_options
+    ("twisted.internet.abstract.FileDescriptor", "dataBuffer"),  # unsent_bytes
+    ("twisted.internet.abstract.FileDescriptor", "offset"),  # unsent_bytes
+    ("twisted.internet.abstract.FileDescriptor", "_tempDataLen"),  # unsent_bytes
+    ("twisted.internet.abstract.FileDescriptor", "producer"),  # _detach_http_channel
+    ("daphne.server.Server", "connections"),  # drain, shedding
+    ("daphne.server.Server", "handle_reply"),  # create_application
+    ("daphne.server.Server", "create_application"),  # wsworker.server
+    ("daphne.server.Server", "ws_factory"),  # wsworker.server
+)
+
+
+# IANA-registered server close codes clients act on.
+CLOSE_INTERNAL_ERROR = 1011
+CLOSE_RESTART = 1012  # the worker is restarting: reconnect now, resume
+CLOSE_OVERLOADED = 1013  # try again later, with backoff
+
+
+def unsent_bytes(transport) -> int:
+    """Bytes handed to a Twisted TCP transport that the kernel has not taken yet.
+
+    Grows without bound when a client stops reading: the app's sends never block,
+    so this buffer is where a stuck client would pile up the room's traffic.
+    """
+    data = getattr(transport, "dataBuffer", b"")
+    return len(data) - getattr(transport, "offset", 0) + getattr(transport, "_tempDataLen", 0)
+
+
+class WorkerWebSocketProtocol(WebSocketProtocol):
+    """daphne's WebSocket protocol, plus: server close codes (serverClose), pre-built
+    frames (send_frames), and no HTTPChannel kept per socket."""
+
+    SERVER_CODES = frozenset({CLOSE_INTERNAL_ERROR, CLOSE_RESTART, CLOSE_OVERLOADED})
+
+    def connectionMade(self):
+        super().connectionMade()
+        self._detach_http_channel()
+
+    def _detach_http_channel(self):
+        """Let go of the HTTP connection object this socket was upgraded from.
+
+        daphne hands the TCP transport over to us but leaves Twisted's HTTPChannel
+        registered on it as its producer, so the channel, its upgrade request and
+        headers live as long as the socket (~2.5 KiB each). (The channel's idle
+        timer is already off: Twisted suspends it while a request is in progress,
+        and the upgrade request never finishes; setTimeout(None) just makes sure.)
+        """
+        channel = getattr(self.transport, "producer", None)
+        if isinstance(channel, HTTPChannel):
+            channel.setTimeout(None)
+            self.transport.unregisterProducer()
+
+    def serverClose(self, code=None):
+        """Lets the app close with 1011/1012/1013.
+
+        Autobahn's sendClose() only accepts 1000 and 3000-4999, yet 1012 (service
+        restart) and 1013 (try again later) are IANA-registered codes that clients
+        act on (reconnect now / back off). The frame itself is valid per RFC 6455.
+        """
+        if code in self.SERVER_CODES:
+            self.sendCloseFrame(code=code, isReply=False)
+        else:
+            super().serverClose(code)
+
+    def send_frames(self, data: bytes) -> bool:
+        """Write frames built by frame_text(); False if this socket needs the ASGI path.
+
+        Only an uncompressed connection can take pre-built frames (the server never
+        negotiates compression, but a subclass could). Writes straight to the
+        transport like autobahn's sendData, without the debug line it formats on
+        every call; behind anything autobahn has queued, so order is kept.
+        """
+        if self._perMessageCompress is not None:
+            return False
+        if self.state == self.STATE_OPEN:
+            if self.send_queue:
+                self.sendData(data)
+            else:
+                self.transport.write(data)
+                self.trafficStats.outgoingOctetsWireLevel += len(data)
+        return True
+
+
+def share_protocol_options(factory, proto) -> None:
+    """Hold autobahn's per-connection options once, on the protocol class.
+
+    autobahn copies each of its ~30 CONFIG_ATTRS from the factory into every
+    connection's __dict__ unless the protocol already has the attribute (its
+    documented way to configure a protocol class). All our connections share
+    one configuration, so setting them on the class saves ~2 KiB per socket.
+    Callables are wrapped so they stay plain functions, not bound methods.
+    """
+    for attr in proto.CONFIG_ATTRS:
+        value = getattr(factory, attr)
+        setattr(proto, attr, staticmethod(value) if callable(value) else value)
+    # Nothing left to copy per connection; autobahn would still pretty-print the
+    # whole list for a debug line on every connect (9-15 % of a handshake's CPU).
+    proto.CONFIG_ATTRS = ()
