@@ -1,7 +1,7 @@
 """The chat WebSocket consumer: one socket's half of the hot path.
 
 Flow of one message: receive() validates and rate-limits, then hands the text
-to its room's chat.delivery.writer.Writer, which stores it FIRST (so an id exists only
+to its worker's chat.delivery.writer.Writer, which stores it FIRST (so an id exists only
 for stored messages; many messages per statement under load), acknowledges the
 sender, and publishes the serialised JSON once to the room group (Redis
 pub/sub). On every worker, chat.delivery.fanout's Room for that room hands the text to
@@ -245,7 +245,7 @@ class ChatConsumer(AsyncWebsocketConsumer):
             return await self._error(protocol.ERR_TOO_LONG, f"message longer than {limit} characters")
         if "\x00" in text or not _storable(text):
             return await self._error(protocol.ERR_BAD_TYPE, "message contains NUL or unpaired surrogate characters")
-        if not self.hub.writer.submit(self, self.user_id, self.username, text):
+        if not self.hub.submit(self, self.user_id, self.username, text):
             return await self._error(protocol.ERR_UNAVAILABLE, "server busy: message not stored; try again later")
         self.in_flight += 1
 
@@ -255,6 +255,10 @@ class ChatConsumer(AsyncWebsocketConsumer):
         self._landed()
         if msg_id == self.last_id + 1 and not self.closed:
             self.last_id = msg_id
+            if self.frames is not None:
+                frame, send = self.frames
+                if send(frame(payload)):
+                    return
             await self.send(text_data=payload)
 
     async def not_stored(self):
