@@ -34,8 +34,8 @@ from django.conf import settings
 from wsworker import layerwatch, registry as worker
 
 from .. import protocol
-from . import store
-from .writer import Writer
+from . import quiet, store
+from .writer import writer
 
 logger = logging.getLogger(__name__)
 
@@ -48,11 +48,8 @@ _rooms: "weakref.WeakKeyDictionary[asyncio.AbstractEventLoop, dict[str, Room]]" 
 
 MESSAGE_TYPE = "chat.message"
 CATCH_UP_ROUNDS = 1000  # bound on join/resync catch-up loops (each moves >= 1 message)
-# Once a room goes quiet, check Postgres once for anything newer than what was
-# delivered: a publish lost while Redis stayed up (a dropped subscriber connection
-# that redis-py re-established) would otherwise wait for the next message to show
-# as a gap. One query per room per quiet spell, never periodic.
-QUIET_CHECK_SECONDS = 2.0
+# A room that went quiet is checked against Postgres, batched per worker (chat.delivery.quiet).
+QUIET_CHECK_SECONDS = quiet.QUIET_CHECK_SECONDS
 # Most messages handed to the sockets in one go (one write per socket): bounds the
 # write size and how long one room holds the loop.
 RUN_MAX = 64
@@ -88,7 +85,7 @@ class Room:
     def __init__(self, name: str):
         self.name = name
         self.group = group_name(name)
-        self.writer = Writer(self)
+        self.waiting = 0  # messages submitted to the Writer, not yet stored or refused
         self.sockets: set = set()
         self.joining = 0  # connects in progress: the Room must not close under them
         self.closed = False
@@ -96,8 +93,7 @@ class Room:
         self.cache: deque[str] = deque(maxlen=max(settings.CHAT_ROOM_CACHE, settings.CHAT_HISTORY_SIZE))
         self.pending: dict[int, str] = {}  # ids that arrived ahead of a gap
         self.gap_since = None
-        self.catch_up = False  # read Postgres for anything after position (after a resubscribe)
-        self.quiet_check_due = False  # a message was delivered since the last quiet check
+        self.catch_up = False  # read Postgres for anything after position (resubscribe, quiet check)
         self.wake = asyncio.Event()
         self.channel = None
         self.receiver = None
@@ -140,6 +136,15 @@ class Room:
             self.wake.set()
 
         asyncio.ensure_future(again())
+
+    def catch_up_now(self):
+        """Postgres has newer ids than this Room delivered (quiet check): read them."""
+        self.catch_up = True
+        self.wake.set()
+
+    def submit(self, consumer, user_id, username: str, text: str) -> bool:
+        """Hand a sender's message to this worker's Writer; False when the room is overloaded."""
+        return writer().submit(self, consumer, user_id, username, text)
 
     async def ready(self):
         try:
@@ -283,14 +288,7 @@ class Room:
         while True:
             if not self.pending and not self.catch_up:
                 self.wake.clear()
-                if not self.quiet_check_due:
-                    await self.wake.wait()
-                    continue
-                try:
-                    await asyncio.wait_for(self.wake.wait(), QUIET_CHECK_SECONDS)
-                except asyncio.TimeoutError:
-                    self.quiet_check_due = False
-                    self.catch_up = True
+                await self.wake.wait()
                 continue
             try:
                 if self.catch_up:
@@ -360,7 +358,7 @@ class Room:
         # loop below catches up from the cache and is not in this loop's list.
         self.position = last
         self.cache.extend(texts)
-        self.quiet_check_due = True
+        quiet.due(self)
         run = Run(texts)
         for consumer in list(self.sockets):
             if consumer.closed or last <= consumer.last_id:

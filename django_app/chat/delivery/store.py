@@ -1,9 +1,10 @@
 """Message persistence: the only code that writes or reads chat history.
 
 Ids are allocated by an UPSERT on the room row in the same statement (so the
-same transaction) as the insert. The row lock serialises writers per room, so ids are dense and
-commit in id order: when id N is visible, every id < N is visible too. The
-consumer's gap-fill relies on exactly that.
+same transaction) as the insert. The row lock serialises writers per room, so
+ids are dense and commit in id order: when id N is visible, every id < N is
+visible too. The Room's gap fill relies on exactly that. One statement stores a
+whole batch, across rooms (chat.delivery.writer).
 """
 from datetime import timezone
 
@@ -13,20 +14,33 @@ from .. import protocol
 from ..models import Message, Room
 
 # One statement, so one round trip and (in autocommit) one commit, for any
-# number of messages: allocate k ids on the room row and insert the k rows with
-# them, in the given order. The room row stays locked only until this commits.
+# number of messages in any number of rooms: count the batch's messages per
+# room, allocate that many ids on each room row (locking the rows in name
+# order, so two workers' batches never deadlock), and insert every row with its
+# id. Ids are numbered in the batch's order within each room. The room rows
+# stay locked only until this commits. Returns each room's new last_id and the
+# statement's timestamp: message n of k in room r gets last_id - k + n.
 _PERSIST_SQL = f"""
-WITH allocated AS (
-    INSERT INTO {Room._meta.db_table} AS r (name, last_id) VALUES (%(room)s, %(k)s)
+WITH batch AS (
+    SELECT m.room, m.user_id, m.username, m.body,
+           row_number() OVER (PARTITION BY m.room ORDER BY m.ord) AS n
+    FROM unnest(%(rooms)s::text[], %(user_ids)s::bigint[], %(usernames)s::text[], %(bodies)s::text[])
+         WITH ORDINALITY AS m(room, user_id, username, body, ord)
+), counts AS (
+    SELECT room, count(*) AS k FROM batch GROUP BY room
+), allocated AS (
+    INSERT INTO {Room._meta.db_table} AS r (name, last_id)
+    SELECT room, k FROM counts ORDER BY room
     ON CONFLICT (name) DO UPDATE SET last_id = r.last_id + EXCLUDED.last_id
-    RETURNING id, last_id
+    RETURNING id, name, last_id
+), inserted AS (
+    INSERT INTO {Message._meta.db_table} (room_id, seq, user_id, username, body, created_at)
+    SELECT a.id, a.last_id - c.k + b.n, b.user_id, b.username, b.body, statement_timestamp()
+    FROM batch b JOIN allocated a ON a.name = b.room JOIN counts c ON c.room = b.room
+    RETURNING 1
 )
-INSERT INTO {Message._meta.db_table} (room_id, seq, user_id, username, body, created_at)
-SELECT a.id, a.last_id - %(k)s + m.ord, m.user_id, m.username, m.body, statement_timestamp()
-FROM allocated a,
-     unnest(%(user_ids)s::bigint[], %(usernames)s::text[], %(bodies)s::text[])
-         WITH ORDINALITY AS m(user_id, username, body, ord)
-RETURNING seq, created_at
+SELECT a.name, a.last_id, statement_timestamp(), (SELECT count(*) FROM inserted)
+FROM allocated a
 """
 
 
@@ -38,21 +52,41 @@ def _wire(room: str, seq, username, body, created_at) -> dict:
     return protocol.message_dict(seq, room, username, body, _ts(created_at))
 
 
-def persist_many(room: str, items) -> list[dict]:
-    """Store [(user_id, username, text), ...] with consecutive ids, in that order."""
+def persist_batch(items) -> list[dict]:
+    """Store [(room, user_id, username, text), ...] in one statement; their wire dicts, in order.
+
+    Within each room the ids are consecutive and follow the list's order.
+    """
     items = list(items)
     with connection.cursor() as cur:
         cur.execute(_PERSIST_SQL, {
-            "room": room, "k": len(items),
-            "user_ids": [i[0] for i in items], "usernames": [i[1] for i in items], "bodies": [i[2] for i in items],
+            "rooms": [i[0] for i in items], "user_ids": [i[1] for i in items],
+            "usernames": [i[2] for i in items], "bodies": [i[3] for i in items],
         })
-        rows = sorted(cur.fetchall())
-    return [_wire(room, seq, username, text, created_at)
-            for (seq, created_at), (_, username, text) in zip(rows, items)]
+        heads = {name: (last_id, created_at) for name, last_id, created_at, _ in cur.fetchall()}
+    counts: dict[str, int] = {}
+    for room, *_ in items:
+        counts[room] = counts.get(room, 0) + 1
+    out, seen = [], {}
+    for room, _user_id, username, text in items:
+        last_id, created_at = heads[room]
+        seen[room] = n = seen.get(room, 0) + 1
+        out.append(_wire(room, last_id - counts[room] + n, username, text, created_at))
+    return out
+
+
+def persist_many(room: str, items) -> list[dict]:
+    """Store [(user_id, username, text), ...] in one room with consecutive ids, in that order."""
+    return persist_batch((room, *item) for item in items)
 
 
 def persist(room: str, user_id, username: str, text: str) -> dict:
-    return persist_many(room, [(user_id, username, text)])[0]
+    return persist_batch([(room, user_id, username, text)])[0]
+
+
+def heads(rooms) -> dict[str, int]:
+    """The newest stored id of each of these rooms, in one query (rooms never written: absent)."""
+    return dict(Room.objects.filter(name__in=list(rooms)).values_list("name", "last_id"))
 
 
 def _rows(qs, room):

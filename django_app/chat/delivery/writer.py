@@ -1,90 +1,117 @@
-"""Group commit: one INSERT per room per worker for every message waiting to be stored.
+"""Group commit across rooms: one INSERT per worker for every message waiting to be stored.
 
 Why: stored one by one, each message costs a hop to the worker's single
-database thread, a statement and a commit, and its sender's next frame waits
-for all of that. Under load that queue, not CPU, sets the knee. Here a
-consumer hands its validated message to its room's Writer and goes on reading
-frames; the Writer stores everything queued meanwhile in ONE statement
-(chat.delivery.store.persist_many: ids stay dense and in arrival order), then, in that
-order, acknowledges each sender and publishes each message. A sender's
-messages therefore keep their order, and nothing is broadcast before it is stored.
+database thread, a statement and a commit, and under load that queue, not
+CPU, sets the knee. A consumer hands its validated message to this worker's
+Writer and goes on reading frames; the Writer stores everything queued
+meanwhile, in every room, in ONE statement (chat.delivery.store.persist_batch:
+per room, ids stay dense and in arrival order), then, in that order,
+acknowledges each sender, hands the message to this worker's own sockets, and
+queues its publish (chat.delivery.publisher). Nothing is broadcast before it is
+stored, and a slow or frozen Redis never holds up the next batch.
+
+Per room, CHAT_ROOM_MAX_BACKLOG bounds what may wait: past it the sender gets
+`unavailable` (overload), the room's other senders and other rooms go on.
 """
 import asyncio
 import logging
+import weakref
 
 from channels.db import database_sync_to_async
-from channels.layers import get_channel_layer
 from django.conf import settings
+from django.db import OperationalError
+from psycopg import errors as pg_errors
 
 from .. import protocol
 from . import store
+from .publisher import Publisher
 
 logger = logging.getLogger(__name__)
 
-_persist_many = database_sync_to_async(store.persist_many)
+_persist_batch = database_sync_to_async(store.persist_batch)
 
 BATCH_MAX = 500  # rows per statement: bounds one statement's size and lock time
+DEADLOCK_RETRIES = 2  # rooms are locked in name order, so this is belt and braces
 
-# Writers with work in flight, also those of Rooms already closed (their last
-# socket left while its messages were still being stored): the drain waits on these.
-_running: set = set()
+# One Writer per event loop (one per worker process; tests run a loop per test).
+_writers: "weakref.WeakKeyDictionary[asyncio.AbstractEventLoop, Writer]" = weakref.WeakKeyDictionary()
+
+
+def writer() -> "Writer":
+    loop = asyncio.get_running_loop()
+    found = _writers.get(loop)
+    if found is None:
+        found = _writers[loop] = Writer()
+    return found
 
 
 async def writes_done(timeout: float) -> bool:
-    """Wait, bounded, until every Writer has stored and published its queue (drain)."""
-    tasks = [t for t in _running if not t.done()]
-    if not tasks:
+    """Wait, bounded, until this worker has stored and published what it accepted (drain)."""
+    found = _writers.get(asyncio.get_running_loop())
+    if found is None:
         return True
-    done, pending = await asyncio.wait(tasks, timeout=timeout)
-    return not pending
+    return await found.idle(timeout)
+
+
+def _deadlock(exc: Exception) -> bool:
+    return isinstance(exc, OperationalError) and isinstance(exc.__cause__, pg_errors.DeadlockDetected)
 
 
 class Writer:
-    """Owned by a chat.delivery.fanout.Room: stores, acknowledges, then publishes."""
-
-    def __init__(self, room):
-        self.room = room  # the Room: its name, group and local sockets
-        self.queue: list = []  # (consumer, user_id, username, text)
+    def __init__(self):
+        self.queue: list = []  # (room, consumer, user_id, username, text)
         self.task = None
+        self.publisher = Publisher()
 
-    def submit(self, consumer, user_id, username: str, text: str) -> bool:
-        """Queue a message; False when this worker already has too many waiting (overload)."""
-        if len(self.queue) >= settings.CHAT_ROOM_MAX_BACKLOG:
+    def submit(self, room, consumer, user_id, username: str, text: str) -> bool:
+        """Queue a message; False when its room already has too many waiting (overload)."""
+        if room.waiting >= settings.CHAT_ROOM_MAX_BACKLOG:
             return False
-        self.queue.append((consumer, user_id, username, text))
+        room.waiting += 1
+        self.queue.append((room, consumer, user_id, username, text))
         if self.task is None or self.task.done():
             self.task = asyncio.ensure_future(self._run())
-            _running.add(self.task)
-            self.task.add_done_callback(_running.discard)
         return True
+
+    async def idle(self, timeout: float) -> bool:
+        loop = asyncio.get_running_loop()
+        deadline = loop.time() + timeout
+        if self.task is not None and not self.task.done():
+            _done, pending = await asyncio.wait([self.task], timeout=timeout)
+            if pending:
+                return False
+        return await self.publisher.idle(max(0.0, deadline - loop.time()))
 
     async def _run(self):
         while self.queue:
             batch, self.queue = self.queue[:BATCH_MAX], self.queue[BATCH_MAX:]
+            rows = [(room.name, user_id, username, text) for room, _c, user_id, username, text in batch]
             try:
-                stored = await _persist_many(self.room.name, [item[1:] for item in batch])
+                stored = await self._store(rows)
             except Exception:
-                logger.exception("room %s: storing %d message(s) failed", self.room.name, len(batch))
-                for consumer, *_ in batch:
+                logger.exception("storing %d message(s) failed", len(batch))
+                for room, consumer, *_ in batch:
+                    room.waiting -= 1
                     await _safely(consumer.not_stored())
                 continue
-            for (consumer, *_), msg in zip(batch, stored):
-                await self._publish(consumer, msg)
+            for (room, consumer, *_), msg in zip(batch, stored):
+                room.waiting -= 1
+                payload = protocol.dumps(msg)
+                # The sender first, straight away: it sees every accepted message even if
+                # it is closed (rate limit, drain) before the Redis echo could arrive.
+                await _safely(consumer.stored(msg["id"], payload))
+                # This worker's other sockets need no Redis round trip either.
+                room.publish_local(msg["id"], payload)
+                self.publisher.put(room.group, room.MESSAGE_TYPE, msg["id"], payload)
 
-    async def _publish(self, consumer, msg):
-        payload = protocol.dumps(msg)
-        # The sender first, straight away: it sees every accepted message even if it
-        # is closed (rate limit, drain) before the Redis echo could arrive.
-        await _safely(consumer.stored(msg["id"], payload))
-        # This worker's other sockets need no Redis round trip either.
-        self.room.publish_local(msg["id"], payload)
-        try:
-            await get_channel_layer().group_send(
-                self.room.group, {"type": self.room.MESSAGE_TYPE, "id": msg["id"], "text": payload})
-        except Exception:
-            # Stored but not broadcast: the other workers' rooms catch up from
-            # Postgres on their next gap, on a Redis resync, or on resume.
-            logger.warning("room %s: group_send of id %s failed", self.room.name, msg["id"], exc_info=True)
+    async def _store(self, rows):
+        for attempt in range(DEADLOCK_RETRIES + 1):
+            try:
+                return await _persist_batch(rows)
+            except Exception as exc:
+                if attempt == DEADLOCK_RETRIES or not _deadlock(exc):
+                    raise
+                logger.warning("storing %d message(s): deadlock, retrying", len(rows))
 
 
 async def _safely(coro):

@@ -1,0 +1,93 @@
+"""The worker's Writer: one statement for many rooms, and a write path that never
+waits on Redis. Real Postgres, and a real redis-server of the test's own that it
+freezes with SIGSTOP (a hung Redis keeps its connections open)."""
+import os
+import shutil
+import signal
+import subprocess
+import time
+
+import pytest
+from channels.db import database_sync_to_async
+
+from chat.delivery import store
+from chat.models import Message
+from wsworker import registry
+
+from .conftest import free_port, welcome
+
+pytestmark = pytest.mark.django_db(transaction=True)
+
+
+async def test_messages_in_many_rooms_share_one_statement_with_dense_ids_per_room():
+    rooms = [f"many{i}" for i in range(8)]
+    clients = [(await welcome(f"/ws/chat/{room}/"))[0] for room in rooms]
+    for n in range(3):
+        for client in clients:
+            await client.send({"message": f"m{n}"})
+    for client in clients:
+        got = [await client.recv() for _ in range(3)]
+        assert [(m["id"], m["message"]) for m in got] == [(1, "m0"), (2, "m1"), (3, "m2")]
+    rows = await database_sync_to_async(lambda: list(
+        Message.objects.filter(room__name__in=rooms).values_list("room__name", "seq", "created_at")))()
+    assert sorted((room, seq) for room, seq, _ in rows) == [(r, s) for r in sorted(rooms) for s in (1, 2, 3)]
+    # A statement's rows share its timestamp: 24 messages in 8 rooms took a few statements, not 24.
+    stamps = {created for *_, created in rows}
+    assert len(stamps) <= 6, f"24 messages in 8 rooms took {len(stamps)} statements"
+    for client in clients:
+        await client.close()
+
+
+def test_persist_batch_numbers_each_room_in_order():
+    first = store.persist_batch([("b1", None, "u", "a"), ("b2", None, "u", "x"), ("b1", None, "u", "b")])
+    assert [(m["room"], m["id"], m["message"]) for m in first] == [("b1", 1, "a"), ("b2", 1, "x"), ("b1", 2, "b")]
+    again = store.persist_batch([("b2", None, "u", "y"), ("b1", None, "u", "c")])
+    assert [(m["room"], m["id"]) for m in again] == [("b2", 2), ("b1", 3)]
+    assert store.heads(["b1", "b2", "never"]) == {"b1": 3, "b2": 2}
+
+
+@pytest.fixture
+def own_redis(tmp_path, settings):
+    """A redis-server for this test alone, as the channel layer; SIGCONT at the end."""
+    port = free_port()
+    proc = subprocess.Popen(
+        [shutil.which("redis-server"), "--port", str(port), "--bind", "127.0.0.1", "--save", "",
+         "--appendonly", "no", "--dir", str(tmp_path)],
+        stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL,
+    )
+    deadline = time.monotonic() + 10
+    while subprocess.run(["redis-cli", "-p", str(port), "ping"], capture_output=True).stdout.strip() != b"PONG":
+        assert time.monotonic() < deadline, "redis-server did not start"
+        time.sleep(0.05)
+    layers = {**settings.CHANNEL_LAYERS}
+    layers["default"] = {**layers["default"], "CONFIG": {**layers["default"]["CONFIG"]}}
+    layers["default"]["CONFIG"]["hosts"] = [{**layers["default"]["CONFIG"]["hosts"][0],
+                                             "address": f"redis://127.0.0.1:{port}/0"}]
+    settings.CHANNEL_LAYERS = layers
+    yield proc
+    os.kill(proc.pid, signal.SIGCONT)
+    proc.terminate()
+    proc.wait(timeout=10)
+
+
+async def test_a_frozen_redis_never_delays_the_senders_ack(own_redis, settings):
+    settings.CHAT_PUBLISH_TIMEOUT_MS = 300
+    sender, _ = await welcome("/ws/chat/frozen/")
+    dropped = registry.refusals["publish dropped"]
+    os.kill(own_redis.pid, signal.SIGSTOP)
+    acks = []
+    for n in range(5):
+        started = time.monotonic()
+        await sender.send({"message": f"during {n}"})
+        frame = await sender.recv(timeout=5)
+        acks.append(time.monotonic() - started)
+        assert (frame["id"], frame["message"]) == (n + 1, f"during {n}")
+    # Stored and acknowledged at once, though no publish could go through.
+    assert max(acks) < 0.3, f"acks waited on Redis: {acks}"
+    assert await database_sync_to_async(store.heads)(["frozen"]) == {"frozen": 5}
+    deadline = time.monotonic() + 5
+    while registry.refusals["publish dropped"] == dropped:
+        assert time.monotonic() < deadline, "the stuck publish was never given up"
+        await __import__("asyncio").sleep(0.05)
+    os.kill(own_redis.pid, signal.SIGCONT)
+    await sender.close()
