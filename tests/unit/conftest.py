@@ -30,6 +30,16 @@ def collected_static(tmp_path_factory):
     override.disable()
 
 
+@pytest.fixture(autouse=True)
+async def close_writer_connection():
+    """Each test runs on its own event loop: the Writer's async Postgres connection
+    (chat.delivery.db, one per loop) is closed with it, so none outlives its test."""
+    yield
+    from chat.delivery import db
+
+    await db.close()
+
+
 def free_port() -> int:
     with socket.socket() as s:
         s.bind(("127.0.0.1", 0))

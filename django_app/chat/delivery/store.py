@@ -11,6 +11,7 @@ from datetime import timezone
 from django.db import connection, transaction
 
 from .. import protocol
+from . import db
 from ..models import Message, Room
 
 # One statement, so one round trip and (in autocommit) one commit, for any
@@ -52,18 +53,16 @@ def _wire(room: str, seq, username, body, created_at) -> dict:
     return protocol.message_dict(seq, room, username, body, _ts(created_at))
 
 
-def persist_batch(items) -> list[dict]:
-    """Store [(room, user_id, username, text), ...] in one statement; their wire dicts, in order.
+def _batch_params(items) -> dict:
+    return {
+        "rooms": [i[0] for i in items], "user_ids": [i[1] for i in items],
+        "usernames": [i[2] for i in items], "bodies": [i[3] for i in items],
+    }
 
-    Within each room the ids are consecutive and follow the list's order.
-    """
-    items = list(items)
-    with connection.cursor() as cur:
-        cur.execute(_PERSIST_SQL, {
-            "rooms": [i[0] for i in items], "user_ids": [i[1] for i in items],
-            "usernames": [i[2] for i in items], "bodies": [i[3] for i in items],
-        })
-        heads = {name: (last_id, created_at) for name, last_id, created_at, _ in cur.fetchall()}
+
+def _batch_result(items, rows) -> list[dict]:
+    """The wire dicts of `items`, from the statement's (room, last_id, timestamp) rows."""
+    heads = {name: (last_id, created_at) for name, last_id, created_at, _ in rows}
     counts: dict[str, int] = {}
     for room, *_ in items:
         counts[room] = counts.get(room, 0) + 1
@@ -73,6 +72,23 @@ def persist_batch(items) -> list[dict]:
         seen[room] = n = seen.get(room, 0) + 1
         out.append(_wire(room, last_id - counts[room] + n, username, text, created_at))
     return out
+
+
+def persist_batch(items) -> list[dict]:
+    """Store [(room, user_id, username, text), ...] in one statement; their wire dicts, in order.
+
+    Within each room the ids are consecutive and follow the list's order.
+    """
+    items = list(items)
+    with connection.cursor() as cur:
+        cur.execute(_PERSIST_SQL, _batch_params(items))
+        return _batch_result(items, cur.fetchall())
+
+
+async def persist_batch_async(items) -> list[dict]:
+    """persist_batch on the Writer's async connection (chat.delivery.db): no thread hop."""
+    items = list(items)
+    return _batch_result(items, await db.execute(_PERSIST_SQL, _batch_params(items)))
 
 
 def persist_many(room: str, items) -> list[dict]:

@@ -4,8 +4,9 @@ Why: stored one by one, each message costs a hop to the worker's single
 database thread, a statement and a commit, and under load that queue, not
 CPU, sets the knee. A consumer hands its validated message to this worker's
 Writer and goes on reading frames; the Writer stores everything queued
-meanwhile, in every room, in ONE statement (chat.delivery.store.persist_batch:
-per room, ids stay dense and in arrival order), then, in that order,
+meanwhile, in every room, in ONE statement (chat.delivery.store.persist_batch,
+on the Writer's own async connection, chat.delivery.db: no thread hop; per
+room, ids stay dense and in arrival order), then, in that order,
 acknowledges each sender, hands the message to this worker's own sockets, and
 queues its publish (chat.delivery.publisher). Nothing is broadcast before it is
 stored, and a slow or frozen Redis never holds up the next batch.
@@ -17,9 +18,7 @@ import asyncio
 import logging
 import weakref
 
-from channels.db import database_sync_to_async
 from django.conf import settings
-from django.db import OperationalError
 from psycopg import errors as pg_errors
 
 from .. import protocol
@@ -27,8 +26,6 @@ from . import store
 from .publisher import Publisher
 
 logger = logging.getLogger(__name__)
-
-_persist_batch = database_sync_to_async(store.persist_batch)
 
 BATCH_MAX = 500  # rows per statement: bounds one statement's size and lock time
 DEADLOCK_RETRIES = 2  # rooms are locked in name order, so this is belt and braces
@@ -51,10 +48,6 @@ async def writes_done(timeout: float) -> bool:
     if found is None:
         return True
     return await found.idle(timeout)
-
-
-def _deadlock(exc: Exception) -> bool:
-    return isinstance(exc, OperationalError) and isinstance(exc.__cause__, pg_errors.DeadlockDetected)
 
 
 class Writer:
@@ -107,9 +100,9 @@ class Writer:
     async def _store(self, rows):
         for attempt in range(DEADLOCK_RETRIES + 1):
             try:
-                return await _persist_batch(rows)
-            except Exception as exc:
-                if attempt == DEADLOCK_RETRIES or not _deadlock(exc):
+                return await store.persist_batch_async(rows)
+            except pg_errors.DeadlockDetected:
+                if attempt == DEADLOCK_RETRIES:
                     raise
                 logger.warning("storing %d message(s): deadlock, retrying", len(rows))
 
