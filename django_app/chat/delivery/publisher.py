@@ -9,6 +9,9 @@ answer one would make each of them wait out the timeout too): the messages are
 stored, and the other workers' Rooms get them from Postgres (gap fill on the
 next message, the quiet-room check, or the resync after Redis comes back).
 PUBLISH_QUEUE_MAX bounds the queue the same way.
+
+Whatever is queued goes out in one pipeline per shard (chat.delivery.redislayer),
+so a batch stored in one statement is also published in one round trip.
 """
 import asyncio
 import collections
@@ -19,9 +22,12 @@ from django.conf import settings
 
 from wsworker import registry as worker
 
+from .redislayer import publish_many
+
 logger = logging.getLogger(__name__)
 
 PUBLISH_QUEUE_MAX = 50_000
+PUBLISH_BATCH_MAX = 500  # publishes per pipeline (chat.delivery.redislayer)
 
 
 class Publisher:
@@ -48,14 +54,15 @@ class Publisher:
         layer = get_channel_layer()
         timeout = settings.CHAT_PUBLISH_TIMEOUT_MS / 1000
         while self.queue:
-            group, event = self.queue.popleft()
+            count = min(len(self.queue), PUBLISH_BATCH_MAX)
+            batch = [self.queue.popleft() for _ in range(count)]
             try:
-                await asyncio.wait_for(layer.group_send(group, event), timeout)
+                await asyncio.wait_for(publish_many(layer, batch), timeout)
             except asyncio.CancelledError:
                 raise
             except Exception as exc:
                 behind, self.queue = len(self.queue), collections.deque()
-                self._dropped(f"{type(exc).__name__}: {exc}" if str(exc) else type(exc).__name__, 1 + behind)
+                self._dropped(f"{type(exc).__name__}: {exc}" if str(exc) else type(exc).__name__, count + behind)
                 continue
             if self.failing:
                 self.failing = False
