@@ -24,7 +24,6 @@ REPO = Path(__file__).resolve().parents[2]
 # here, not in conftest.py: pytest imports conftest under its own module name,
 # so this module is the one object the tests and the summary hook share.
 FIGURES: dict[str, str] = {}
-SHARED_CONTAINERS = REPO.parent / "shared" / "containers"
 
 
 def free_port() -> int:
