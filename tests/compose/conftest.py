@@ -67,6 +67,7 @@ def project(engine, tmp_path_factory) -> Project:
         "HTTP_BIND": "127.0.0.1",
         "HTTP_PORT": str(port),
         "APP_IMAGE": f"{name}:test",
+        "WS_REPLICAS": "3",  # what `scripts/compose up` (= make up) starts
         "CSRF_TRUSTED_ORIGINS": f"http://127.0.0.1:{port},http://localhost:{port}",
     })
     proj = Project(name=name, env_file=env_file, http_port=port, image=f"{name}:test")

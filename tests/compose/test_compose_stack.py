@@ -18,7 +18,7 @@ import pytest
 import yaml
 
 from tests.compose.compose_chat import Client
-from tests.compose.composectl import FIGURES, REPO, run
+from tests.compose.composectl import FIGURES, REPO, run, set_env_values
 
 LONG_RUNNING = ("nginx", "web", "ws", "redis", "db")
 
@@ -125,6 +125,9 @@ def test_image_builds_cold_and_warm(project):
     warm = project.timed("build", "migrate", timeout=600)
     FIGURES["cold build (no layer cache; pip download cache kept)"] = f"{cold:.1f} s"
     FIGURES["warm build (everything cached)"] = f"{warm:.1f} s"
+    # `make build` prints no Bake/buildx warning, with or without the buildx plugin.
+    built = project.script("build", timeout=600)
+    assert "Bake" not in built.stderr + built.stdout, built.stderr[-2000:]
 
     info = json.loads(run(["docker", "image", "inspect", project.image], env=project.env, timeout=30).stdout)[0]
     FIGURES["app image size"] = f"{info['Size'] / 1e6:.0f} MB"
@@ -141,10 +144,29 @@ def test_image_builds_cold_and_warm(project):
     assert out.strip() == "(3, 11)"
 
 
+def test_project_name_follows_the_checkout(project):
+    """`make env` names the compose project after this checkout, and compose obeys
+    the env file (without -p), so two clones never share containers or volumes."""
+    name = project.env_value("COMPOSE_PROJECT_NAME")
+    assert re.fullmatch(rf"{re.escape(REPO.name.lower())}-[0-9a-f]{{6}}", name), name
+    cfg = json.loads(run(["docker", "compose", "--env-file", str(project.env_file), "config", "--format", "json"],
+                         env=project.env, timeout=60).stdout)
+    assert cfg["name"] == name and cfg["volumes"]["pgdata"]["name"] == f"{name}_pgdata"
+
+
 def test_up_wait_becomes_healthy_with_three_ws(project):
-    """Leaves: the stack up with ws=3."""
-    took = project.timed("up", "-d", "--build", "--wait", "--scale", "ws=3", timeout=600)
-    FIGURES["`up -d --build --wait --scale ws=3` to healthy (image cached)"] = f"{took:.1f} s"
+    """`make up` (scripts/compose up, WS_REPLICAS=3). Leaves: the stack up with ws=3."""
+    t0 = time.monotonic()
+    up = project.script("up", timeout=600)
+    FIGURES["`scripts/compose up` (= make up, ws=3) to healthy (image cached)"] = f"{time.monotonic() - t0:.1f} s"
+    # It prints the URL nginx was really published on (HTTP_BIND:HTTP_PORT of the env file).
+    assert f"is up: {project.base_url()}/" in up.stdout, up.stdout[-1000:]
+
+    # No anonymous volume: each mounted volume is one the compose file names
+    # (Redis's image VOLUME /data is covered by a tmpfs; its data is not durable).
+    named = {f"{project.name}_pgdata"}
+    mounted = project.volumes_in_use()
+    assert {v for vols in mounted.values() for v in vols} == named, mounted
 
     rows = [json.loads(line) for line in
             project.compose("ps", "--all", "--format", "json", timeout=60).stdout.splitlines() if line.strip()]
@@ -172,6 +194,10 @@ def test_page_static_and_readyz_through_nginx(project):
 
     status, _, body = _get(f"{base}/nginx-health")
     assert status == 200
+
+    # No favicon 404 in the browser console: /favicon.ico leads to the SVG icon.
+    status, headers, body = _get(f"{base}/favicon.ico")
+    assert status == 200 and headers["Content-Type"].startswith("image/svg+xml") and b"<svg" in body
 
     status, headers, body = _get(f"{base}/")
     assert status == 200 and headers["Content-Type"].startswith("text/html")
@@ -331,14 +357,91 @@ async def test_scale_down_to_two_clients_reconnect_and_keep_chatting(project):
             await c.close()
 
 
-def test_down_v_leaves_nothing(project):
-    """Leaves: nothing (the fixture's own down -v is then a no-op)."""
-    containers = project.container_ids("db", all_states=True)
-    volumes = [m["Name"] for cid in project.compose("ps", "-aq", timeout=60).stdout.split()
-               for m in project.inspect(cid)["Mounts"] if m["Type"] == "volume"]
-    assert containers and volumes
-    project.compose("down", "-v", "--timeout", "30", timeout=300)
+# --- day two: admin, shutdown, new secrets, reset ------------------------------------
+
+def _admin_login(project, username: str, password: str) -> str:
+    """Log in at /admin/login/ through nginx as a browser would; returns the page landed on."""
+    import http.cookiejar
+    import urllib.parse
+
+    opener = urllib.request.build_opener(urllib.request.HTTPCookieProcessor(http.cookiejar.CookieJar()))
+    login = f"{project.base_url()}/admin/login/?next=/admin/"
+    page = opener.open(login, timeout=10).read().decode()
+    token = re.search(r'name="csrfmiddlewaretoken" value="([^"]+)"', page).group(1)
+    form = urllib.parse.urlencode({"csrfmiddlewaretoken": token, "username": username,
+                                   "password": password, "next": "/admin/"}).encode()
+    with opener.open(urllib.request.Request(login, data=form, headers={"Referer": login}), timeout=10) as resp:
+        return resp.read().decode()
+
+
+def test_createsuperuser_without_a_terminal_needs_the_environment(project):
+    """No TTY and no DJANGO_SUPERUSER_*: a non-zero exit that says what to set."""
+    proc = project.script("createsuperuser", timeout=120, check=False)
+    assert proc.returncode != 0
+    for var in ("DJANGO_SUPERUSER_USERNAME", "DJANGO_SUPERUSER_EMAIL", "DJANGO_SUPERUSER_PASSWORD"):
+        assert var in proc.stderr, proc.stderr
+    half = project.script("createsuperuser", timeout=120, check=False, DJANGO_SUPERUSER_USERNAME="half")
+    assert half.returncode != 0 and "DJANGO_SUPERUSER_EMAIL is not set" in half.stderr, half.stderr
+
+
+def test_createsuperuser_from_the_environment_can_log_in(project):
+    """`DJANGO_SUPERUSER_*=... make createsuperuser`: the admin can log in through nginx."""
+    username, password = f"admin{uuid.uuid4().hex[:6]}", uuid.uuid4().hex
+    project.script("createsuperuser", timeout=120, DJANGO_SUPERUSER_USERNAME=username,
+                   DJANGO_SUPERUSER_EMAIL=f"{username}@example.com", DJANGO_SUPERUSER_PASSWORD=password)
+    assert "Site administration" in _admin_login(project, username, password)
+
+
+async def test_make_down_drains_every_socket_with_1012(project):
+    """`make down` with sockets open: ws stops first and drains through nginx.
+    Leaves: the stack down, the data volume kept."""
+    from tests.compose.downtime import measure
+
+    drain = int(project.env_value("WS_DRAIN_SECONDS", "10"))
+    sockets = 150  # below NGINX_MAX_CONN_PER_IP (200): one client address
+    outcome = await measure(project.ws_url(_room()), sockets, [str(REPO / "scripts" / "compose"), "down"],
+                            env=project.script_env(), cwd=REPO)
+    FIGURES[f"`make down` with {sockets} open sockets"] = f"{outcome.stop_seconds:.1f} s (limit {drain + 5} s)"
+    assert outcome.close_codes == {1012: sockets}, outcome.lines()
+    assert outcome.stop_seconds <= drain + 5, outcome.lines()
+    assert project.container_ids("db", all_states=True) == []
+    kept = run(["docker", "volume", "inspect", f"{project.name}_pgdata"], env=project.env, timeout=30, check=False)
+    assert kept.returncode == 0, "make down must keep the data volume"
+
+
+def test_new_secrets_on_the_old_volume_name_the_cause(project, tmp_path):
+    """A recreated .env (new POSTGRES_PASSWORD) with the old data volume: `make up`
+    fails at migrate and says why, naming the volume and the fix.
+    Leaves: db and redis running with the new env, migrate exited 1."""
+    fresh = tmp_path / "fresh.env"
+    fresh.write_text(project.env_file.read_text())
+    set_env_values(fresh, {"POSTGRES_PASSWORD": uuid.uuid4().hex})
+    t0 = time.monotonic()
+    proc = project.script("up", timeout=600, check=False, COMPOSE_ENV_FILE=str(fresh))
+    FIGURES["`make up` with new secrets on an old volume: fails after"] = f"{time.monotonic() - t0:.1f} s"
+    assert proc.returncode == 1
+    assert "Postgres refused POSTGRES_PASSWORD" in proc.stderr, proc.stderr[-3000:]
+    assert f"{project.name}_pgdata" in proc.stderr and "make reset" in proc.stderr, proc.stderr[-3000:]
+    log = project.compose("logs", "--no-color", "migrate", timeout=60).stdout
+    assert "chat.E001" in log and "POSTGRES_PASSWORD" in log, log[-3000:]
+
+
+def test_reset_asks_then_removes_containers_and_volumes(project, tmp_path):
+    """`make reset`: refuses without a terminal or CONFIRM=yes; with it, nothing of the
+    project is left (no named or anonymous volume); RESET_ENV=yes deletes the env file.
+    Leaves: nothing (the fixture's own down -v is then a no-op)."""
+    mounted = {v for vols in project.volumes_in_use().values() for v in vols}
+    assert f"{project.name}_pgdata" in mounted, mounted
+
+    refused = project.script("reset", timeout=120, check=False)
+    assert refused.returncode != 0 and "CONFIRM=yes" in refused.stderr, refused.stderr
+    assert project.container_ids("db", all_states=True), "an unconfirmed reset must delete nothing"
+
+    env_copy = tmp_path / "reset.env"
+    env_copy.write_text(project.env_file.read_text())
+    done = project.script("reset", timeout=300, CONFIRM="yes", RESET_ENV="yes", COMPOSE_ENV_FILE=str(env_copy))
+    assert not env_copy.exists() and project.env_file.exists(), done.stdout
     assert project.leftovers() == {}
-    still = [v for v in volumes
+    still = [v for v in mounted
              if run(["docker", "volume", "inspect", v], env=project.env, timeout=30, check=False).returncode == 0]
-    assert not still, f"volumes left after down -v: {still}"
+    assert not still, f"volumes left after make reset: {still}"
