@@ -112,10 +112,9 @@ def test_reconnect_status_and_unsent_notice(native_stack, tmp_path):
 
             down["on"] = False  # the next retry (backoff under a few seconds) gets through
             expect(status).to_have_attribute("data-state", "open", timeout=UI_TIMEOUT_MS)
-            expect(unsent).to_have_count(0, timeout=UI_TIMEOUT_MS)
-
             statuses = page.evaluate("window.__statuses")
             assert any(s.startswith("reconnecting") for s in statuses), statuses
             assert not [s for s in statuses if " in 0 s" in s], statuses
+            expect(unsent).to_have_count(0, timeout=UI_TIMEOUT_MS)
         finally:
             browser.close()
