@@ -376,18 +376,18 @@ def _admin_login(project, username: str, password: str) -> str:
 
 def test_createsuperuser_without_a_terminal_needs_the_environment(project):
     """No TTY and no DJANGO_SUPERUSER_*: a non-zero exit that says what to set."""
-    proc = project.script("createsuperuser", timeout=120, check=False)
+    proc = project.script("createsuperuser", timeout=300, check=False)
     assert proc.returncode != 0
     for var in ("DJANGO_SUPERUSER_USERNAME", "DJANGO_SUPERUSER_EMAIL", "DJANGO_SUPERUSER_PASSWORD"):
         assert var in proc.stderr, proc.stderr
-    half = project.script("createsuperuser", timeout=120, check=False, DJANGO_SUPERUSER_USERNAME="half")
+    half = project.script("createsuperuser", timeout=300, check=False, DJANGO_SUPERUSER_USERNAME="half")
     assert half.returncode != 0 and "DJANGO_SUPERUSER_EMAIL is not set" in half.stderr, half.stderr
 
 
 def test_createsuperuser_from_the_environment_can_log_in(project):
     """`DJANGO_SUPERUSER_*=... make createsuperuser`: the admin can log in through nginx."""
     username, password = f"admin{uuid.uuid4().hex[:6]}", uuid.uuid4().hex
-    project.script("createsuperuser", timeout=120, DJANGO_SUPERUSER_USERNAME=username,
+    project.script("createsuperuser", timeout=300, DJANGO_SUPERUSER_USERNAME=username,
                    DJANGO_SUPERUSER_EMAIL=f"{username}@example.com", DJANGO_SUPERUSER_PASSWORD=password)
     assert "Site administration" in _admin_login(project, username, password)
 
