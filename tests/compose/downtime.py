@@ -17,6 +17,7 @@ import collections
 import json
 import resource
 import subprocess
+import sys
 import time
 from dataclasses import dataclass
 
@@ -31,6 +32,7 @@ class Outcome:
     stop_seconds: float
     stop_returncode: int
     close_codes: dict  # close code (1006: abnormal, no close frame) -> count
+    stop_stderr: str = ""
 
     def lines(self) -> list[str]:
         codes = ", ".join(f"{code}: {n}" for code, n in sorted(self.close_codes.items(), key=str))
@@ -87,7 +89,7 @@ async def measure(url: str, sockets: int, stop_cmd: list[str], *, env=None, cwd=
     seen = collections.Counter(await asyncio.gather(*codes))
     if proc.returncode != 0:
         raise AssertionError(f"{' '.join(stop_cmd)} exited {proc.returncode}\n{proc.stdout[-2000:]}\n{proc.stderr[-2000:]}")
-    return Outcome(sockets, opened, took, proc.returncode, dict(seen))
+    return Outcome(sockets, opened, took, proc.returncode, dict(seen), proc.stderr)
 
 
 def main() -> None:
@@ -99,6 +101,7 @@ def main() -> None:
     args = ap.parse_args()
     url = f"ws://127.0.0.1:{args.port}/ws/chat/{args.room}/"
     outcome = asyncio.run(measure(url, args.sockets, args.stop_cmd))
+    print(outcome.stop_stderr[-3000:], file=sys.stderr)
     print("\n".join(outcome.lines()))
 
 
