@@ -22,8 +22,10 @@ env: ## Create .env from .env.example, filling empty secrets with random values
 ## --- compose operations --------------------------------------------------
 build: env ## Build the app image
 	scripts/compose build
-down: ## Stop the compose stack (keeps volumes)
+down: ## Stop the compose stack: ws drains first (close 1012), keeps the data
 	scripts/compose down
+reset: ## Stop and DELETE the data volumes (asks; CONFIRM=yes skips, RESET_ENV=yes also deletes .env)
+	CONFIRM=$(CONFIRM) RESET_ENV=$(RESET_ENV) scripts/compose reset
 logs: ## Follow compose logs
 	scripts/compose logs
 ps: ## Show compose services
@@ -32,7 +34,7 @@ scale: ## Scale ws replicas: make scale WS=4
 	scripts/compose scale $(WS)
 migrate: ## Run migrations (compose)
 	scripts/compose migrate
-createsuperuser: ## Create a Django superuser (compose)
+createsuperuser: ## Create a Django superuser (compose): asks, or DJANGO_SUPERUSER_USERNAME/EMAIL/PASSWORD
 	scripts/compose createsuperuser
 shell: ## Django shell inside the web container
 	scripts/compose shell
@@ -61,4 +63,4 @@ soak: deps ## Hold N sockets for T minutes and report RSS growth per tier
 bench: deps ## WebSocket fan-out benchmark (docs/benchmarks.md)
 	scripts/bench
 
-.PHONY: help up test env build down logs ps scale migrate createsuperuser shell deps local local-down k8s-render k8s-validate k8s-apply test-faults soak bench
+.PHONY: help up test env build down reset logs ps scale migrate createsuperuser shell deps local local-down k8s-render k8s-validate k8s-apply test-faults soak bench

@@ -18,3 +18,6 @@ class ChatConfig(AppConfig):
 
         hooks.on_resync(fanout.resubscribe_all)
         hooks.on_drain(writer.writes_done)
+
+        # Registers the database checks that `manage.py migrate` runs first (chat.checks).
+        from . import checks  # noqa: F401

@@ -7,6 +7,8 @@ import psycopg
 import redis
 from django.conf import settings
 
+from . import dbauth
+
 TIMEOUT = 2.0
 
 
@@ -27,13 +29,14 @@ def redis_sync(url: str | None = None) -> str | None:
         client.close()
 
 
-def database() -> str | None:
-    """SELECT 1 over a fresh connection with connect_timeout.
+def database_error(alias: str = "default") -> Exception | None:
+    """SELECT 1 over a fresh connection with connect_timeout; the exception, if any.
 
     Deliberately not through Django's pool: a pool checkout waits DB_POOL_TIMEOUT
-    (10 s) when the database is gone, far longer than a probe may take.
+    (10 s) when the database is gone, far longer than a probe may take, and it
+    hides the server's reason (a wrong password) behind a PoolTimeout.
     """
-    db = settings.DATABASES["default"]
+    db = settings.DATABASES[alias]
     kwargs = {
         "host": db.get("HOST") or None,
         "port": db.get("PORT") or None,
@@ -50,4 +53,14 @@ def database() -> str | None:
             conn.execute("SELECT 1")
         return None
     except Exception as exc:
-        return _describe(exc)
+        return exc
+
+
+def database(alias: str = "default") -> str | None:
+    """None when Postgres answers; else a reason, in plain words for a refused password."""
+    exc = database_error(alias)
+    if exc is None:
+        return None
+    if dbauth.is_auth_failure(exc):
+        return dbauth.explain(settings.DATABASES[alias].get("USER"))
+    return _describe(exc)

@@ -2,6 +2,7 @@
 from django import forms
 from django.http import Http404, HttpResponse, JsonResponse
 from django.shortcuts import redirect, render
+from django.templatetags.static import static
 from django.views.decorators.cache import never_cache
 from django.views.decorators.http import require_GET
 
@@ -21,6 +22,13 @@ def readyz(request):
     checks = {"db": health.database() or "ok", "redis": health.redis_sync() or "ok"}
     ok = all(value == "ok" for value in checks.values())
     return JsonResponse({"status": "ok" if ok else "error", "checks": checks}, status=200 if ok else 503)
+
+
+@require_GET
+def favicon(request):
+    """Browsers ask for /favicon.ico on pages with no icon link (the admin): send them
+    to the chat's SVG icon (hashed, cached for a year by whitenoise) instead of a 404."""
+    return redirect(static("chat/favicon.svg"), permanent=True)
 
 
 class RoomForm(forms.Form):

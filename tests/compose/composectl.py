@@ -24,7 +24,6 @@ REPO = Path(__file__).resolve().parents[2]
 # here, not in conftest.py: pytest imports conftest under its own module name,
 # so this module is the one object the tests and the summary hook share.
 FIGURES: dict[str, str] = {}
-SHARED_CONTAINERS = REPO.parent / "shared" / "containers"
 
 
 def free_port() -> int:
@@ -64,7 +63,9 @@ def set_env_values(path: Path, values: dict[str, str]) -> None:
 
 
 def run(cmd: list[str], *, env=None, timeout: float, check=True) -> subprocess.CompletedProcess:
-    proc = subprocess.run(cmd, cwd=REPO, env=env, capture_output=True, text=True, timeout=timeout)
+    # stdin is never a terminal: the tests see what a script, CI or cron would.
+    proc = subprocess.run(cmd, cwd=REPO, env=env, capture_output=True, text=True, timeout=timeout,
+                          stdin=subprocess.DEVNULL)
     if check and proc.returncode != 0:
         raise AssertionError(f"{' '.join(cmd)} exited {proc.returncode}\n"
                              f"--- stdout\n{proc.stdout[-4000:]}\n--- stderr\n{proc.stderr[-4000:]}")
@@ -87,10 +88,24 @@ class Project:
         return run(["docker", "compose", "-p", self.name, "--env-file", str(self.env_file), *args],
                    env=self.env, timeout=timeout, check=check)
 
-    def script(self, *args: str, timeout: float = 300) -> subprocess.CompletedProcess:
-        """scripts/compose (what `make up/scale/...` run), pointed at this project."""
-        env = {**self.env, "COMPOSE_PROJECT_NAME": self.name}
-        return run([str(REPO / "scripts" / "compose"), *args], env=env, timeout=timeout)
+    def script_env(self, **extra: str) -> dict[str, str]:
+        return {**self.env, "COMPOSE_PROJECT_NAME": self.name, **extra}
+
+    def script(self, *args: str, timeout: float = 300, check=True, **extra_env: str) -> subprocess.CompletedProcess:
+        """scripts/compose (what `make up/down/scale/...` run), pointed at this project."""
+        return run([str(REPO / "scripts" / "compose"), *args], env=self.script_env(**extra_env),
+                   timeout=timeout, check=check)
+
+    def env_value(self, key: str, default: str = "") -> str:
+        for line in self.env_file.read_text().splitlines():
+            if line.startswith(f"{key}="):
+                return line.split("=", 1)[1] or default
+        return default
+
+    def volumes_in_use(self) -> dict[str, list[str]]:
+        """container name -> names of the Docker volumes mounted in it (any state)."""
+        return {info["Name"].lstrip("/"): [m["Name"] for m in info["Mounts"] if m["Type"] == "volume"]
+                for info in (self.inspect(cid) for cid in self.compose("ps", "-aq", timeout=60).stdout.split())}
 
     def timed(self, *args: str, timeout: float = 600) -> float:
         start = time.monotonic()

@@ -1,5 +1,9 @@
 """Fixtures of the compose suite: a real Docker engine and ONE stack per session.
 
+The engine and the images are chosen by tests/compose/engine.py: the engine
+that answers `docker info` and the official images when they can be pulled,
+else shared/containers (engine-up, stand-ins).
+
 Building and starting the stack is the expensive part (image build, Postgres
 initdb), so the session shares one project; the tests run in file order and
 each leaves the stack as the next expects (documented per test). The finalizer
@@ -17,8 +21,9 @@ import uuid
 
 import pytest
 
-from tests.compose.composectl import (FIGURES, REPO, SHARED_CONTAINERS, Project, clean_environ, free_port, run,
-                         set_env_values)
+from tests.compose.composectl import FIGURES, REPO, Project, clean_environ, free_port, run, set_env_values
+from tests.compose.engine import (ENGINE_UP, STANDINS, Unavailable, choose_engine, choose_images, engine_answers,
+                                  find_shared, official_images, pull)
 
 REPORT = REPO / "test-results" / "compose-report.md"
 
@@ -31,15 +36,25 @@ def _unavailable(reason: str):
 
 
 @pytest.fixture(scope="session")
-def engine() -> None:
-    engine_up = SHARED_CONTAINERS / "engine-up"
-    if not engine_up.exists():
-        _unavailable(f"{engine_up} not found (shared/ must sit beside the repository)")
-    if os.geteuid() != 0:
-        _unavailable("engine-up needs root")
-    proc = run([str(engine_up)], timeout=600, check=False)
-    if proc.returncode != 0:
-        _unavailable(f"engine-up exited {proc.returncode}: {proc.stderr[-2000:]}")
+def engine() -> str:
+    """The engine that answers `docker info`, else shared engine-up; returns which
+    images to use: the official ones when they pull, else the stand-ins (engine.py)."""
+    shared = find_shared(REPO, dict(os.environ))
+    root = os.geteuid() == 0
+    env = clean_environ()
+    how = choose_engine(engine_answers(env), shared, root)
+    if isinstance(how, Unavailable):
+        _unavailable(how.reason)
+    if how == ENGINE_UP:
+        proc = run([str(shared / "engine-up")], timeout=600, check=False)
+        if proc.returncode != 0:
+            _unavailable(f"engine-up exited {proc.returncode}: {proc.stderr[-2000:]}")
+    pulled, why = pull(official_images(REPO), env)
+    images = choose_images(pulled, shared, root)
+    if isinstance(images, Unavailable):
+        _unavailable(f"{images.reason} ({why})")
+    FIGURES["engine, images"] = f"{how}, {images}" + (f" ({why.split(':')[0]} failed)" if why else "")
+    return images
 
 
 @pytest.fixture(scope="session")
@@ -52,17 +67,19 @@ def project(engine, tmp_path_factory) -> Project:
         "HTTP_BIND": "127.0.0.1",
         "HTTP_PORT": str(port),
         "APP_IMAGE": f"{name}:test",
+        "WS_REPLICAS": "3",  # what `scripts/compose up` (= make up) starts
         "CSRF_TRUSTED_ORIGINS": f"http://127.0.0.1:{port},http://localhost:{port}",
     })
     proj = Project(name=name, env_file=env_file, http_port=port, image=f"{name}:test")
 
-    # Stand-ins for the official images the compose file and Dockerfile name
-    # (no registry here). `docker compose config` inside standins needs the
-    # secrets, so it gets the throwaway env file's values.
-    secrets = {k: v for k, v in (line.split("=", 1) for line in env_file.read_text().splitlines()
-                                 if "=" in line and not line.startswith("#"))}
-    run([str(SHARED_CONTAINERS / "standins"), "--from", "docker-compose.yml", "--from", "services/Dockerfile"],
-        env={**proj.env, **secrets}, timeout=900)
+    if engine == STANDINS:
+        # Stand-ins for the official images the compose file and Dockerfile name
+        # (no registry). `docker compose config` inside standins needs the
+        # secrets, so it gets the throwaway env file's values.
+        secrets = {k: v for k, v in (line.split("=", 1) for line in env_file.read_text().splitlines()
+                                     if "=" in line and not line.startswith("#"))}
+        run([str(find_shared(REPO, dict(os.environ)) / "standins"), "--from", "docker-compose.yml",
+             "--from", "services/Dockerfile"], env={**proj.env, **secrets}, timeout=900)
 
     yield proj
 

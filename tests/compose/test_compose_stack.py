@@ -1,7 +1,8 @@
 """The container layer, run for real: build the image, start the stack, scale ws.
 
 Tests share one stack (see conftest.py) and run in file order; each one states
-the stack it leaves behind. Everything goes through nginx's published port, as
+the stack it leaves behind. test_compose_stack_day_two.py (collected after this
+file) goes on with the stack this file leaves: up, ws=2. Everything goes through nginx's published port, as
 a user would see it; container ids come from `docker compose ps` to check that
 sockets really landed on the replicas we expect.
 """
@@ -125,6 +126,9 @@ def test_image_builds_cold_and_warm(project):
     warm = project.timed("build", "migrate", timeout=600)
     FIGURES["cold build (no layer cache; pip download cache kept)"] = f"{cold:.1f} s"
     FIGURES["warm build (everything cached)"] = f"{warm:.1f} s"
+    # `make build` prints no Bake/buildx warning, with or without the buildx plugin.
+    built = project.script("build", timeout=600)
+    assert "Bake" not in built.stderr + built.stdout, built.stderr[-2000:]
 
     info = json.loads(run(["docker", "image", "inspect", project.image], env=project.env, timeout=30).stdout)[0]
     FIGURES["app image size"] = f"{info['Size'] / 1e6:.0f} MB"
@@ -141,10 +145,29 @@ def test_image_builds_cold_and_warm(project):
     assert out.strip() == "(3, 11)"
 
 
+def test_project_name_follows_the_checkout(project):
+    """`make env` names the compose project after this checkout, and compose obeys
+    the env file (without -p), so two clones never share containers or volumes."""
+    name = project.env_value("COMPOSE_PROJECT_NAME")
+    assert re.fullmatch(rf"{re.escape(REPO.name.lower())}-[0-9a-f]{{6}}", name), name
+    cfg = json.loads(run(["docker", "compose", "--env-file", str(project.env_file), "config", "--format", "json"],
+                         env=project.env, timeout=60).stdout)
+    assert cfg["name"] == name and cfg["volumes"]["pgdata"]["name"] == f"{name}_pgdata"
+
+
 def test_up_wait_becomes_healthy_with_three_ws(project):
-    """Leaves: the stack up with ws=3."""
-    took = project.timed("up", "-d", "--build", "--wait", "--scale", "ws=3", timeout=600)
-    FIGURES["`up -d --build --wait --scale ws=3` to healthy (image cached)"] = f"{took:.1f} s"
+    """`make up` (scripts/compose up, WS_REPLICAS=3). Leaves: the stack up with ws=3."""
+    t0 = time.monotonic()
+    up = project.script("up", timeout=600)
+    FIGURES["`scripts/compose up` (= make up, ws=3) to healthy (image cached)"] = f"{time.monotonic() - t0:.1f} s"
+    # It prints the URL nginx was really published on (HTTP_BIND:HTTP_PORT of the env file).
+    assert f"is up: {project.base_url()}/" in up.stdout, up.stdout[-1000:]
+
+    # No anonymous volume: each mounted volume is one the compose file names
+    # (Redis's image VOLUME /data is covered by a tmpfs; its data is not durable).
+    named = {f"{project.name}_pgdata"}
+    mounted = project.volumes_in_use()
+    assert {v for vols in mounted.values() for v in vols} == named, mounted
 
     rows = [json.loads(line) for line in
             project.compose("ps", "--all", "--format", "json", timeout=60).stdout.splitlines() if line.strip()]
@@ -172,6 +195,10 @@ def test_page_static_and_readyz_through_nginx(project):
 
     status, _, body = _get(f"{base}/nginx-health")
     assert status == 200
+
+    # No favicon 404 in the browser console: /favicon.ico leads to the SVG icon.
+    status, headers, body = _get(f"{base}/favicon.ico")
+    assert status == 200 and headers["Content-Type"].startswith("image/svg+xml") and b"<svg" in body
 
     status, headers, body = _get(f"{base}/")
     assert status == 200 and headers["Content-Type"].startswith("text/html")
@@ -329,16 +356,3 @@ async def test_scale_down_to_two_clients_reconnect_and_keep_chatting(project):
     finally:
         for c in clients.values():
             await c.close()
-
-
-def test_down_v_leaves_nothing(project):
-    """Leaves: nothing (the fixture's own down -v is then a no-op)."""
-    containers = project.container_ids("db", all_states=True)
-    volumes = [m["Name"] for cid in project.compose("ps", "-aq", timeout=60).stdout.split()
-               for m in project.inspect(cid)["Mounts"] if m["Type"] == "volume"]
-    assert containers and volumes
-    project.compose("down", "-v", "--timeout", "30", timeout=300)
-    assert project.leftovers() == {}
-    still = [v for v in volumes
-             if run(["docker", "volume", "inspect", v], env=project.env, timeout=30, check=False).returncode == 0]
-    assert not still, f"volumes left after down -v: {still}"

@@ -57,3 +57,64 @@ def test_logged_in_user_chats_between_two_pages(native_stack, tmp_path):
             receiver.screenshot(path=str(results / "browser-chat.png"), full_page=True)
         finally:
             context.close()
+
+
+# Every text the status line ever shows, and whether a stale "not sent" line is
+# on the page: recorded by the page itself, so no transient state is missed.
+STATUS_RECORDER = """
+window.__statuses = [];
+document.addEventListener("DOMContentLoaded", () => {
+  const el = document.getElementById("status");
+  if (!el) return;
+  window.__statuses.push(el.textContent);
+  new MutationObserver(() => window.__statuses.push(el.textContent))
+    .observe(el, {childList: true, characterData: true, subtree: true});
+});
+"""
+
+
+@pytest.mark.browser
+def test_reconnect_status_and_unsent_notice(native_stack, tmp_path):
+    """A worker restart (close 1012) and an outage, as the page shows them: never
+    "reconnecting in 0 s…", and the "message not sent" line goes once the socket is back.
+
+    Playwright's WebSocket routing stands in for the outage: while `down` is set,
+    the page's handshakes are refused (close 1011) without reaching the stack;
+    otherwise each socket is passed through to the real server.
+    """
+    room = f"browser-{uuid.uuid4().hex[:8]}"
+    live, down = [], {"on": False}
+
+    def route(ws):
+        if down["on"]:
+            ws.close(code=1011, reason="test outage")
+            return
+        ws.connect_to_server()
+        live.append(ws)
+
+    with sync_playwright() as pw:
+        browser = pw.chromium.launch(executable_path="/usr/bin/chromium", headless=True, args=CHROMIUM_ARGS)
+        try:
+            page = browser.new_page()
+            page.add_init_script(STATUS_RECORDER)
+            page.route_web_socket("**/ws/chat/**", route)
+            page.goto(f"{native_stack.http_url}/chat/{room}/")
+            status = page.locator("#status")
+            expect(status).to_have_attribute("data-state", "open", timeout=UI_TIMEOUT_MS)
+
+            down["on"] = True
+            live[-1].close(code=1012, reason="worker restarting")  # what a draining worker sends
+            expect(status).to_have_attribute("data-state", "reconnecting", timeout=UI_TIMEOUT_MS)
+            page.fill("#message-input", "typed during the outage")
+            page.click("#send-button")
+            unsent = page.locator("#messages li.notice", has_text="message not sent")
+            expect(unsent).to_have_count(1, timeout=UI_TIMEOUT_MS)
+
+            down["on"] = False  # the next retry (backoff under a few seconds) gets through
+            expect(status).to_have_attribute("data-state", "open", timeout=UI_TIMEOUT_MS)
+            statuses = page.evaluate("window.__statuses")
+            assert any(s.startswith("reconnecting") for s in statuses), statuses
+            assert not [s for s in statuses if " in 0 s" in s], statuses
+            expect(unsent).to_have_count(0, timeout=UI_TIMEOUT_MS)
+        finally:
+            browser.close()

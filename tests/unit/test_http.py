@@ -70,6 +70,22 @@ def test_static_file_is_served_by_whitenoise(collected_static):
     assert b"WebSocket" in b"".join(resp.streaming_content)
 
 
+def test_favicon_is_linked_and_served_never_404(collected_static):
+    """Every page links the SVG icon; /favicon.ico (asked for by pages without the link,
+    e.g. the admin) redirects to it. Both are whitenoise static files: no dependency."""
+    import re
+
+    html = Client().get("/chat/general/").content.decode()
+    href = re.search(r'<link rel="icon" type="image/svg\+xml" href="(/static/chat/favicon\.[0-9a-f]+\.svg)">', html)
+    assert href, html[:800]
+    resp = Client().get(href.group(1))
+    assert resp.status_code == 200 and resp["Content-Type"].startswith("image/svg+xml")
+    assert b"<svg" in b"".join(resp.streaming_content)
+
+    legacy = Client().get("/favicon.ico")
+    assert legacy.status_code == 301 and legacy["Location"] == href.group(1)
+
+
 @pytest.mark.parametrize("room", ["bad.name", "x" * 65])
 def test_room_page_404_for_invalid_names(room):
     assert Client().get(f"/chat/{room}/").status_code == 404

@@ -29,12 +29,18 @@
     statusEl.textContent = text;
   }
 
-  function notice(text) {
+  function notice(text, kind) {
     var li = document.createElement("li");
-    li.className = "notice";
+    li.className = kind ? "notice " + kind : "notice";
     li.textContent = text;
     list.appendChild(li);
     list.scrollTop = list.scrollHeight;
+  }
+
+  // "message not sent" lines describe a socket that is gone: drop them once it is back.
+  function clearUnsent() {
+    var stale = list.querySelectorAll("li.notice.unsent");
+    for (var i = 0; i < stale.length; i++) stale[i].remove();
   }
 
   function show(msg) {
@@ -77,7 +83,9 @@
 
   function schedule(delay) {
     if (stopped || retryTimer) return;
-    setStatus("reconnecting", "reconnecting in " + Math.round(delay / 1000) + " s…");
+    // Under a second (a 1012 restart, the first retries) there is no countdown
+    // worth showing; above, round up so the page never says "in 0 s".
+    setStatus("reconnecting", delay < 1000 ? "reconnecting…" : "reconnecting in " + Math.ceil(delay / 1000) + " s…");
     retryTimer = window.setTimeout(function () { retryTimer = null; connect(); }, delay);
   }
 
@@ -92,6 +100,7 @@
     if (frame.type === "chat.welcome") {
       attempt = 0;
       setStatus("open", "connected as " + frame.user);
+      clearUnsent();
       if (frame.last_id < lastId) {
         // The server has fewer messages than we saw (database reset): start over.
         list.textContent = "";
@@ -132,7 +141,7 @@
     var text = input.value.trim();
     if (!text) return;
     if (!socket || socket.readyState !== WebSocket.OPEN) {
-      notice("not connected; message not sent");
+      notice("not connected; message not sent", "unsent");
       return;
     }
     socket.send(JSON.stringify({ message: text }));

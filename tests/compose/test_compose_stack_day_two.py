@@ -1,0 +1,104 @@
+"""Day two with the stack test_compose_stack.py leaves (up, ws=2): what an operator does next.
+
+Collected after test_compose_stack.py (file name order) and run in file order,
+like it: an admin account, `make down` with clients connected, `make up` with
+new secrets on the old data volume, then `make reset`, which leaves nothing.
+"""
+from __future__ import annotations
+
+import http.cookiejar
+import re
+import time
+import urllib.parse
+import urllib.request
+import uuid
+
+from tests.compose.composectl import FIGURES, REPO, run, set_env_values
+from tests.compose.downtime import measure
+
+
+def _room() -> str:
+    return f"compose-{uuid.uuid4().hex[:10]}"
+
+
+def _admin_login(project, username: str, password: str) -> str:
+    """Log in at /admin/login/ through nginx as a browser would; returns the page landed on."""
+    opener = urllib.request.build_opener(urllib.request.HTTPCookieProcessor(http.cookiejar.CookieJar()))
+    login = f"{project.base_url()}/admin/login/?next=/admin/"
+    page = opener.open(login, timeout=10).read().decode()
+    token = re.search(r'name="csrfmiddlewaretoken" value="([^"]+)"', page).group(1)
+    form = urllib.parse.urlencode({"csrfmiddlewaretoken": token, "username": username,
+                                   "password": password, "next": "/admin/"}).encode()
+    with opener.open(urllib.request.Request(login, data=form, headers={"Referer": login}), timeout=10) as resp:
+        return resp.read().decode()
+
+
+def test_createsuperuser_without_a_terminal_needs_the_environment(project):
+    """No TTY and no DJANGO_SUPERUSER_*: a non-zero exit that says what to set."""
+    proc = project.script("createsuperuser", timeout=300, check=False)
+    assert proc.returncode != 0
+    for var in ("DJANGO_SUPERUSER_USERNAME", "DJANGO_SUPERUSER_EMAIL", "DJANGO_SUPERUSER_PASSWORD"):
+        assert var in proc.stderr, proc.stderr
+    half = project.script("createsuperuser", timeout=300, check=False, DJANGO_SUPERUSER_USERNAME="half")
+    assert half.returncode != 0 and "DJANGO_SUPERUSER_EMAIL is not set" in half.stderr, half.stderr
+
+
+def test_createsuperuser_from_the_environment_can_log_in(project):
+    """`DJANGO_SUPERUSER_*=... make createsuperuser`: the admin can log in through nginx."""
+    username, password = f"admin{uuid.uuid4().hex[:6]}", uuid.uuid4().hex
+    project.script("createsuperuser", timeout=300, DJANGO_SUPERUSER_USERNAME=username,
+                   DJANGO_SUPERUSER_EMAIL=f"{username}@example.com", DJANGO_SUPERUSER_PASSWORD=password)
+    assert "Site administration" in _admin_login(project, username, password)
+
+
+async def test_make_down_drains_every_socket_with_1012(project):
+    """`make down` with sockets open: ws stops first and drains through nginx.
+    Leaves: the stack down, the data volume kept."""
+    drain = int(project.env_value("WS_DRAIN_SECONDS", "10"))
+    sockets = 150  # below NGINX_MAX_CONN_PER_IP (200): one client address
+    outcome = await measure(project.ws_url(_room()), sockets, [str(REPO / "scripts" / "compose"), "down"],
+                            env=project.script_env(), cwd=REPO)
+    FIGURES[f"`make down` with {sockets} open sockets"] = f"{outcome.stop_seconds:.1f} s (limit {drain + 5} s)"
+    assert outcome.close_codes == {1012: sockets}, outcome.lines()
+    assert outcome.stop_seconds <= drain + 5, outcome.lines()
+    assert project.container_ids("db", all_states=True) == []
+    kept = run(["docker", "volume", "inspect", f"{project.name}_pgdata"], env=project.env, timeout=30, check=False)
+    assert kept.returncode == 0, "make down must keep the data volume"
+
+
+def test_new_secrets_on_the_old_volume_name_the_cause(project, tmp_path):
+    """A recreated .env (new POSTGRES_PASSWORD) with the old data volume: `make up`
+    fails at migrate and says why, naming the volume and the fix.
+    Leaves: db and redis running with the new env, migrate exited 1."""
+    fresh = tmp_path / "fresh.env"
+    fresh.write_text(project.env_file.read_text())
+    set_env_values(fresh, {"POSTGRES_PASSWORD": uuid.uuid4().hex})
+    t0 = time.monotonic()
+    proc = project.script("up", timeout=600, check=False, COMPOSE_ENV_FILE=str(fresh))
+    FIGURES["`make up` with new secrets on an old volume: fails after"] = f"{time.monotonic() - t0:.1f} s"
+    assert proc.returncode == 1
+    assert "Postgres refused POSTGRES_PASSWORD" in proc.stderr, proc.stderr[-3000:]
+    assert f"{project.name}_pgdata" in proc.stderr and "make reset" in proc.stderr, proc.stderr[-3000:]
+    log = project.compose("logs", "--no-color", "migrate", timeout=60).stdout
+    assert "chat.E001" in log and "POSTGRES_PASSWORD" in log, log[-3000:]
+
+
+def test_reset_asks_then_removes_containers_and_volumes(project, tmp_path):
+    """`make reset`: refuses without a terminal or CONFIRM=yes; with it, nothing of the
+    project is left (no named or anonymous volume); RESET_ENV=yes deletes the env file.
+    Leaves: nothing (the fixture's own down -v is then a no-op)."""
+    mounted = {v for vols in project.volumes_in_use().values() for v in vols}
+    assert f"{project.name}_pgdata" in mounted, mounted
+
+    refused = project.script("reset", timeout=120, check=False)
+    assert refused.returncode != 0 and "CONFIRM=yes" in refused.stderr, refused.stderr
+    assert project.container_ids("db", all_states=True), "an unconfirmed reset must delete nothing"
+
+    env_copy = tmp_path / "reset.env"
+    env_copy.write_text(project.env_file.read_text())
+    done = project.script("reset", timeout=300, CONFIRM="yes", RESET_ENV="yes", COMPOSE_ENV_FILE=str(env_copy))
+    assert not env_copy.exists() and project.env_file.exists(), done.stdout
+    assert project.leftovers() == {}
+    still = [v for v in mounted
+             if run(["docker", "volume", "inspect", v], env=project.env, timeout=30, check=False).returncode == 0]
+    assert not still, f"volumes left after make reset: {still}"
