@@ -23,7 +23,7 @@ fi
 acme_live=$state/letsencrypt/live/chat
 case $tls_mode in
   files)
-    tls_dir=${TLS_CERT_DIR:-certs}; [[ $tls_dir = /* ]] || tls_dir="$root/$tls_dir"
+    tls_dir=${TLS_CERT_DIR:-./certs}; [[ $tls_dir = /* ]] || tls_dir="$root/$tls_dir"
     export TLS_CERT_PATH=$tls_dir/${TLS_CERT_FILE:-localhost.crt} TLS_KEY_PATH=$tls_dir/${TLS_KEY_FILE:-localhost.key} ;;
   acme)
     export TLS_CERT_PATH=$acme_live/fullchain.pem TLS_KEY_PATH=$acme_live/privkey.pem ;;

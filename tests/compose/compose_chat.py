@@ -15,8 +15,9 @@ from websockets.exceptions import ConnectionClosed
 
 
 class Client:
-    def __init__(self, url: str):
+    def __init__(self, url: str, ssl=None):
         self.url = url
+        self.ssl = ssl  # an SSLContext trusting the test CA, for wss:// URLs
         self.ws = None
         self.welcome: dict = {}
         self.messages: list[dict] = []
@@ -32,7 +33,8 @@ class Client:
         return max(ids)
 
     async def open(self, timeout: float = 10) -> "Client":
-        self.ws = await asyncio.wait_for(connect(self.url, open_timeout=timeout), timeout)
+        kwargs = {"ssl": self.ssl} if self.ssl is not None else {}
+        self.ws = await asyncio.wait_for(connect(self.url, open_timeout=timeout, **kwargs), timeout)
         frame = json.loads(await asyncio.wait_for(self.ws.recv(), timeout))
         assert frame.get("type") == "chat.welcome", frame
         self.welcome = frame
