@@ -63,5 +63,7 @@ soak: deps ## Hold N sockets for T minutes and report RSS growth per tier
 	scripts/soak
 bench: deps ## WebSocket fan-out benchmark (docs/benchmarks.md)
 	scripts/bench
+bench-tls: deps ## WebSocket connects/s through nginx, wss:// vs ws:// (bench/tls_connects.py)
+	.venv/bin/python -m bench.tls_connects
 
-.PHONY: help up test env certs build down logs ps scale migrate createsuperuser shell deps local local-down k8s-render k8s-validate k8s-apply test-faults soak bench
+.PHONY: help up test env certs build down logs ps scale migrate createsuperuser shell deps local local-down k8s-render k8s-validate k8s-apply test-faults soak bench bench-tls
