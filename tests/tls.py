@@ -74,9 +74,9 @@ def handshake(host: str, port: int, ctx: ssl.SSLContext, server_hostname: str = 
     return ctx.wrap_socket(raw, server_hostname=server_hostname)
 
 
-def peer_serial(host: str, port: int, ctx: ssl.SSLContext) -> int:
+def peer_serial(host: str, port: int, ctx: ssl.SSLContext, server_hostname: str = "localhost") -> int:
     """Serial number of the certificate the server presents right now (a new handshake)."""
-    with handshake(host, port, ctx) as s:
+    with handshake(host, port, ctx, server_hostname) as s:
         return int(s.getpeercert()["serialNumber"], 16)
 
 

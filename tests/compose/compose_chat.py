@@ -15,9 +15,10 @@ from websockets.exceptions import ConnectionClosed
 
 
 class Client:
-    def __init__(self, url: str, ssl=None):
+    def __init__(self, url: str, ssl=None, **connect_kwargs):
         self.url = url
-        self.ssl = ssl  # an SSLContext trusting the test CA, for wss:// URLs
+        # wss://: an SSLContext trusting the test CA (and e.g. server_hostname=...).
+        self.connect_kwargs = ({"ssl": ssl} if ssl is not None else {}) | connect_kwargs
         self.ws = None
         self.welcome: dict = {}
         self.messages: list[dict] = []
@@ -33,8 +34,7 @@ class Client:
         return max(ids)
 
     async def open(self, timeout: float = 10) -> "Client":
-        kwargs = {"ssl": self.ssl} if self.ssl is not None else {}
-        self.ws = await asyncio.wait_for(connect(self.url, open_timeout=timeout, **kwargs), timeout)
+        self.ws = await asyncio.wait_for(connect(self.url, open_timeout=timeout, **self.connect_kwargs), timeout)
         frame = json.loads(await asyncio.wait_for(self.ws.recv(), timeout))
         assert frame.get("type") == "chat.welcome", frame
         self.welcome = frame

@@ -17,9 +17,10 @@ import time
 import uuid
 
 import pytest
+import yaml
 
 from tests.compose.compose_chat import Client
-from tests.compose.composectl import FIGURES, free_port, run, set_env_values
+from tests.compose.composectl import FIGURES, REPO, free_port, run, set_env_values
 from tests.tls import client_context, handshake, https_get, make_certs, peer_serial
 
 CERT_IN_CONTAINER = "/etc/nginx/certs/localhost.crt"
@@ -165,3 +166,60 @@ async def test_wss_across_two_replicas_survives_a_certificate_swap(project, tls)
     finally:
         await a.close()
         await b.close()
+
+
+# --- ACME: certbot service + Pebble ---------------------------------------------
+
+def _pebble_root(project) -> str:
+    """Pebble's issuing root (new on every Pebble start), read through its management API."""
+    code = ("import ssl, urllib.request as u; c = ssl.create_default_context(cafile='/opt/chat/acme-ca.pem'); "
+            "print(u.urlopen('https://pebble:15000/roots/0', context=c, timeout=10).read().decode())")
+    return project.compose("exec", "-T", "certbot", "python3", "-c", code, timeout=60).stdout
+
+
+async def test_acme_certbot_gets_renews_and_nginx_reloads_with_wss_open(project, tls, tmp_path_factory):
+    """TLS_MODE=acme: the certbot service gets a certificate from Pebble through
+    nginx's webroot, nginx serves it, a forced renewal replaces it and nginx
+    reloads while a wss:// socket stays open. Leaves: the stack up with ACME, ws=2."""
+    standins = REPO.parent / "shared" / "containers" / "standins"
+    run([str(standins), "--from", "docker-compose.acme.yml", "--from", "tests/compose/pebble.yml"],
+        env=project.env, timeout=900)
+    image = yaml.safe_load((REPO / "tests/compose/pebble.yml").read_text())["services"]["pebble"]["image"]
+    pebble_ca = tmp_path_factory.mktemp("pebble") / "pebble.minica.pem"
+    pebble_ca.write_text(run(["docker", "run", "--rm", "--entrypoint", "cat", image, "/test/certs/pebble.minica.pem"],
+                             env=project.env, timeout=120).stdout)
+    set_env_values(project.env_file, {"TLS_MODE": "acme", "ACME_SERVER": "https://pebble:14000/dir",
+                                      "ACME_DOMAINS": "nginx", "ACME_EMAIL": "ops@example.com",
+                                      "ACME_CA_BUNDLE": str(pebble_ca)})
+    project.files = ["docker-compose.tls.yml", "docker-compose.acme.yml", "tests/compose/pebble.yml"]
+    t0 = time.monotonic()
+    # --wait: certbot is healthy once it deployed a certificate, nginx once it serves HTTPS.
+    project.compose("up", "-d", "--wait", "--scale", "ws=2", timeout=600)
+    FIGURES["ACME: `up --wait` to a Pebble certificate served (web, ws recreated)"] = f"{time.monotonic() - t0:.1f} s"
+    logs = project.compose("logs", "certbot", "nginx", timeout=60).stdout
+    assert "Successfully received certificate" in logs, logs[-3000:]
+    assert "GET /.well-known/acme-challenge/" in logs, "Pebble's HTTP-01 fetch must go through nginx"
+
+    root = tmp_path_factory.mktemp("pebble-root") / "root.pem"
+    root.write_text(_pebble_root(project))
+    ctx = client_context(root)
+    port = tls["port"]
+    with handshake("127.0.0.1", port, ctx, server_hostname="nginx") as s:
+        issuer = dict(x[0] for x in s.getpeercert()["issuer"])
+        first = int(s.getpeercert()["serialNumber"], 16)
+    assert "Pebble" in issuer.get("commonName", ""), issuer
+
+    room = f"compose-acme-{uuid.uuid4().hex[:8]}"
+    ws = await Client(f"wss://127.0.0.1:{port}/ws/chat/{room}/", ssl=ctx, server_hostname="nginx").open()
+    try:
+        t0 = time.monotonic()
+        await asyncio.to_thread(project.compose, "exec", "-T", "certbot", "/bin/sh", "/opt/chat-tls/certbot-loop",
+                                "renew", "--force", timeout=300)
+        while peer_serial("127.0.0.1", port, ctx, server_hostname="nginx") == first:
+            assert time.monotonic() - t0 < 60, "nginx did not reload the renewed certificate"
+            await asyncio.sleep(0.3)
+        FIGURES["ACME: forced renewal → new certificate served"] = f"{time.monotonic() - t0:.1f} s"
+        await ws.send("after the renewal")
+        await ws.wait_messages({"after the renewal"}, timeout=15)
+    finally:
+        await ws.close()
