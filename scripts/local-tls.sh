@@ -41,7 +41,9 @@ render_tls() {
   case $rc in
     0) ;;
     3) [ "$tls_mode" = acme ] && { tls_pending=1; return 0; }
-       die "nginx: TLS_MODE=files needs a readable certificate and key: $TLS_CERT_PATH, $TLS_KEY_PATH (TLS_CERT_DIR/TLS_CERT_FILE/TLS_KEY_FILE in .env; \`make certs\` makes dev ones). ${out##*tls: }" ;;
+       local f missing=""
+       for f in "$TLS_CERT_PATH" "$TLS_KEY_PATH"; do [ -r "$f" ] && [ -s "$f" ] || missing+=" $f"; done
+       die "nginx: TLS_MODE=files: missing or unreadable:$missing (TLS_CERT_DIR, TLS_CERT_FILE, TLS_KEY_FILE in .env; \`make certs\` makes dev ones). nginx not started." ;;
     *) die "nginx: $out" ;;
   esac
 }
