@@ -110,8 +110,11 @@ def test_certificates_appearing_turn_https_on_without_restart(project, tls):
         assert time.monotonic() - t0 < 30, "HTTPS not served 30 s after the certificate appeared"
         time.sleep(0.3)
     FIGURES["TLS: certificate written → HTTPS served (watcher)"] = f"{time.monotonic() - t0:.1f} s"
-    project.compose("up", "-d", "--wait", "--scale", "ws=2", timeout=300)  # healthy now
-    assert project.inspect(nginx_id)["State"]["StartedAt"] == started, "nginx was restarted"
+    deadline = time.monotonic() + 60  # Docker's health check agrees (every 3 s)
+    while (state := project.inspect(nginx_id)["State"])["Health"]["Status"] != "healthy":
+        assert time.monotonic() < deadline, f"nginx not healthy with its certificate: {state['Health']}"
+        time.sleep(1)
+    assert state["StartedAt"] == started and project.inspect(nginx_id)["RestartCount"] == 0, "nginx was restarted"
     tls["certs"], tls["ctx"] = certs, ctx
 
 
