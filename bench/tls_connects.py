@@ -22,6 +22,7 @@ import tempfile
 import time
 from pathlib import Path
 
+from websockets.exceptions import InvalidState
 from websockets.uri import parse_uri
 
 from bench.client import _Handshake
@@ -68,7 +69,10 @@ async def hammer(url: str, ssl_ctx, seconds: float, concurrency: int) -> tuple[i
                 failed += 1
             finally:
                 if proto is not None:
-                    proto.close()
+                    try:
+                        proto.close()  # close frame, then the TCP/TLS connection
+                    except InvalidState:  # the handshake never finished
+                        proto.transport.close()
 
     await asyncio.gather(*(one_client() for _ in range(concurrency)))
     return ok, failed
