@@ -19,6 +19,9 @@ test: deps ## Run every test suite (unit, native integration, browser, compose, 
 env: ## Create .env from .env.example, filling empty secrets with random values
 	scripts/env
 
+certs: ## Local CA + localhost certificate in TLS_CERT_DIR, for TLS_MODE=files on a laptop
+	scripts/certs
+
 ## --- compose operations --------------------------------------------------
 build: env ## Build the app image
 	scripts/compose build
@@ -62,5 +65,7 @@ soak: deps ## Hold N sockets for T minutes and report RSS growth per tier
 	scripts/soak
 bench: deps ## WebSocket fan-out benchmark (docs/benchmarks.md)
 	scripts/bench
+bench-tls: deps ## WebSocket connects/s through nginx, wss:// vs ws:// (bench/tls_connects.py)
+	.venv/bin/python -m bench.tls_connects
 
-.PHONY: help up test env build down reset logs ps scale migrate createsuperuser shell deps local local-down k8s-render k8s-validate k8s-apply test-faults soak bench
+.PHONY: help up test env build down reset logs ps scale migrate createsuperuser shell certs deps local local-down k8s-render k8s-validate k8s-apply test-faults soak bench bench-tls

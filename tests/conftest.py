@@ -4,13 +4,34 @@
 nginx) per test session: booting it costs seconds, and the suites using it
 only add rooms/users, so sharing it keeps the run short without hiding bugs.
 Suites that break tiers on purpose (faults) build their own NativeStack.
+
+`tls_stack` is the same topology with nginx terminating TLS (TLS_MODE=files)
+with a certificate from `make certs` (`tls_certs`: its test CA); `tls_ctx` is
+an SSL context that trusts only that CA. Started only when a test asks for it.
 """
 import pytest
 
 from tests.stack import NativeStack
+from tests.tls import client_context, make_certs
 
 
 @pytest.fixture(scope="session")
 def native_stack():
     with NativeStack(workers=2) as stack:
         yield stack
+
+
+@pytest.fixture(scope="session")
+def tls_certs(tmp_path_factory):
+    return make_certs(tmp_path_factory.mktemp("tls-certs"))
+
+
+@pytest.fixture(scope="session")
+def tls_stack(tls_certs):
+    with NativeStack(workers=2, tls={"TLS_MODE": "files", "TLS_CERT_DIR": str(tls_certs.dir)}) as stack:
+        yield stack
+
+
+@pytest.fixture(scope="session")
+def tls_ctx(tls_certs):
+    return client_context(tls_certs.ca_cert)

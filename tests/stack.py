@@ -9,6 +9,8 @@ use (`scripts/local`), not a test-only copy of it.
         stack.ws_base           # "ws://127.0.0.1:PORT"     nginx, for /ws/chat/<room>/
         stack.web_url           # "http://127.0.0.1:PORT"   gunicorn directly
         stack.ws_worker_urls    # ["ws://127.0.0.1:PORT", ...] each daphne worker directly
+        stack.https_url         # "https://localhost:PORT"  nginx's TLS listener (tls=... only)
+        stack.wss_base          # "wss://localhost:PORT"
         stack.settings          # env dict the servers run with: secrets, POSTGRES_PORT, REDIS_PORT, ...
         stack.pid("web"); stack.pid("ws", 2)     # PID of a tier (ws: worker i, 1-based)
         stack.log_path("nginx"); stack.log_path("ws", 1)
@@ -17,6 +19,10 @@ use (`scripts/local`), not a test-only copy of it.
         stack.manage("createsuperuser", "--noinput")  # manage.py with the stack's env
     # leaving the block (or stack.down()) stops exactly what was started and
     # removes the temp state dir.
+
+TLS: `NativeStack(tls={"TLS_MODE": "files", "TLS_CERT_DIR": dir})` (or
+"acme" with ACME_* settings) runs nginx with TLS as an operator would set it
+in .env; see tests/tls.py for the test CA and clients that trust it.
 
 Ports are picked free (bind port 0) at construction; the temp state dir keeps
 several stacks (and other engineers' servers) from colliding. `up(*tiers)`
@@ -41,7 +47,8 @@ _NOT_INHERITED = (
     "DJANGO_SECRET_KEY", "POSTGRES_PASSWORD", "REDIS_PASSWORD", "DATABASE_URL", "REDIS_URL",
     "POSTGRES_HOST", "POSTGRES_PORT", "REDIS_HOST", "REDIS_PORT", "LOCAL_STATE_DIR",
     "LOCAL_PG_PORT", "LOCAL_REDIS_PORT", "LOCAL_WEB_PORT", "LOCAL_WS_BASE_PORT", "HTTP_PORT",
-    "WS_WORKERS", "PORT",
+    "WS_WORKERS", "PORT", "HTTPS_PORT", "TLS_MODE", "TLS_CERT_DIR", "TLS_CERT_FILE", "TLS_KEY_FILE",
+    "DJANGO_TLS", "ACME_SERVER", "ACME_DOMAINS", "ACME_EMAIL", "ACME_CA_BUNDLE",
 )
 
 
@@ -87,8 +94,10 @@ class NativeStack:
     """One native stack (see the module docstring for the API)."""
 
     def __init__(self, workers: int = 2, env: dict[str, str] | None = None,
-                 state_dir: str | os.PathLike | None = None, timeout: float = 300):
+                 state_dir: str | os.PathLike | None = None, timeout: float = 300,
+                 tls: dict[str, str] | None = None):
         self.workers = workers
+        self.tls = dict(tls or {})
         self.timeout = timeout
         self._own_state = state_dir is None
         self.state_dir = Path(state_dir or tempfile.mkdtemp(prefix="chat-stack-"))
@@ -100,6 +109,7 @@ class NativeStack:
     def _pick_ports(self) -> None:
         self.ports = {
             "HTTP_PORT": free_port(),
+            "HTTPS_PORT": free_port(),
             "LOCAL_WEB_PORT": free_port(),
             "LOCAL_PG_PORT": free_port(),
             "LOCAL_REDIS_PORT": free_port(),
@@ -111,6 +121,7 @@ class NativeStack:
         env.update({k: str(v) for k, v in self.ports.items()})
         env["LOCAL_STATE_DIR"] = str(self.state_dir)
         env["WS_WORKERS"] = str(self.workers)
+        env.update(self.tls)
         env.update(self._extra_env)
         return env
 
@@ -170,6 +181,15 @@ class NativeStack:
     @property
     def ws_base(self) -> str:
         return f"ws://127.0.0.1:{self.ports['HTTP_PORT']}"
+
+    @property
+    def https_url(self) -> str:
+        # localhost, not 127.0.0.1: the name the dev and ACME certificates carry.
+        return f"https://localhost:{self.ports['HTTPS_PORT']}"
+
+    @property
+    def wss_base(self) -> str:
+        return f"wss://localhost:{self.ports['HTTPS_PORT']}"
 
     @property
     def web_url(self) -> str:

@@ -15,8 +15,10 @@ from websockets.exceptions import ConnectionClosed
 
 
 class Client:
-    def __init__(self, url: str):
+    def __init__(self, url: str, ssl=None, **connect_kwargs):
         self.url = url
+        # wss://: an SSLContext trusting the test CA (and e.g. server_hostname=...).
+        self.connect_kwargs = ({"ssl": ssl} if ssl is not None else {}) | connect_kwargs
         self.ws = None
         self.welcome: dict = {}
         self.messages: list[dict] = []
@@ -32,7 +34,7 @@ class Client:
         return max(ids)
 
     async def open(self, timeout: float = 10) -> "Client":
-        self.ws = await asyncio.wait_for(connect(self.url, open_timeout=timeout), timeout)
+        self.ws = await asyncio.wait_for(connect(self.url, open_timeout=timeout, **self.connect_kwargs), timeout)
         frame = json.loads(await asyncio.wait_for(self.ws.recv(), timeout))
         assert frame.get("type") == "chat.welcome", frame
         self.welcome = frame

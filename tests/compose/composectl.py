@@ -79,13 +79,16 @@ class Project:
     http_port: int
     image: str
     env: dict[str, str] = field(default_factory=clean_environ)
+    # Override files on top of docker-compose.yml (the TLS tests add docker-compose.tls.yml).
+    files: list[str] = field(default_factory=list)
 
     def __post_init__(self):
         # docker-compose.yml's env_file: follows it, so a developer's .env is never read.
         self.env["COMPOSE_ENV_FILE"] = str(self.env_file)
 
     def compose(self, *args: str, timeout: float = 300, check=True) -> subprocess.CompletedProcess:
-        return run(["docker", "compose", "-p", self.name, "--env-file", str(self.env_file), *args],
+        files = [a for f in (["docker-compose.yml", *self.files] if self.files else []) for a in ("-f", f)]
+        return run(["docker", "compose", "-p", self.name, "--env-file", str(self.env_file), *files, *args],
                    env=self.env, timeout=timeout, check=check)
 
     def script_env(self, **extra: str) -> dict[str, str]:

@@ -96,6 +96,13 @@ def project(engine, tmp_path_factory) -> Project:
     assert not left, f"docker compose down -v left resources of {name}: {left}"
 
 
+def pytest_collection_modifyitems(items):
+    """The stack is shared in file order; the test that tears it down runs last,
+    after every file (test_compose_tls.py switches the same stack to TLS)."""
+    last = [i for i in items if i.name == "test_down_v_leaves_nothing"]
+    items[:] = [i for i in items if i not in last] + last
+
+
 def pytest_terminal_summary(terminalreporter):
     if not FIGURES:
         return

@@ -34,6 +34,7 @@ def test_dev_runs_postgres_and_redis_in_cluster_prod_does_not(rendered):
 def test_gateway_variant_replaces_nginx(rendered):
     objs = rendered["prod-gateway"]
     assert not find(objs, "Deployment", "nginx") and not find(objs, "Service", "nginx")
+    assert not find(objs, "Ingress"), "prod's Ingress would point at the removed nginx Service"
     assert one(objs, "HTTPRoute", "chat")
     assert one(rendered["prod"], "Deployment", "nginx")
 
@@ -125,7 +126,8 @@ def test_every_object_is_valid_against_kubernetes_schemas(rendered, k8s_script, 
                 crds.append(o["kind"])  # checked field by field in test_policy.py
                 continue
             kubernetes_validate.validate(o, version, strict=True)
-    assert crds == ["HTTPRoute"], "only the optional HTTPRoute may skip the upstream schemas"
+    assert sorted(crds) == ["Gateway", "HTTPRoute", "HTTPRoute"], \
+        "only the optional Gateway API objects may skip the upstream schemas"
 
 
 def test_schema_validation_rejects_a_broken_object(rendered):
