@@ -12,6 +12,7 @@ use (`scripts/local`), not a test-only copy of it.
         stack.settings          # env dict the servers run with: secrets, POSTGRES_PORT, REDIS_PORT, ...
         stack.pid("web"); stack.pid("ws", 2)     # PID of a tier (ws: worker i, 1-based)
         stack.log_path("nginx"); stack.log_path("ws", 1)
+        stack.metrics_port("ws", 1); stack.metrics_port("prometheus")  # up("...", "monitoring")
         stack.stop("redis"); stack.start("redis")  # tiers: db redis web ws nginx; ws-<i> for one worker
         stack.reload_nginx()
         stack.manage("createsuperuser", "--noinput")  # manage.py with the stack's env
@@ -41,7 +42,8 @@ _NOT_INHERITED = (
     "DJANGO_SECRET_KEY", "POSTGRES_PASSWORD", "REDIS_PASSWORD", "DATABASE_URL", "REDIS_URL",
     "POSTGRES_HOST", "POSTGRES_PORT", "REDIS_HOST", "REDIS_PORT", "LOCAL_STATE_DIR",
     "LOCAL_PG_PORT", "LOCAL_REDIS_PORT", "LOCAL_WEB_PORT", "LOCAL_WS_BASE_PORT", "HTTP_PORT",
-    "WS_WORKERS", "PORT",
+    "WS_WORKERS", "PORT", "LOCAL_METRICS_BASE_PORT", "WS_METRICS_PORT", "WEB_METRICS_PORT",
+    "PROMETHEUS_MULTIPROC_DIR",
 )
 
 
@@ -104,6 +106,8 @@ class NativeStack:
             "LOCAL_PG_PORT": free_port(),
             "LOCAL_REDIS_PORT": free_port(),
             "LOCAL_WS_BASE_PORT": free_port_range(self.workers),
+            # scripts/local puts every metrics port at an offset of this base (up to +10+workers).
+            "LOCAL_METRICS_BASE_PORT": free_port_range(10 + self.workers) + 1,
         }
 
     def _env(self) -> dict[str, str]:
@@ -174,6 +178,15 @@ class NativeStack:
     @property
     def web_url(self) -> str:
         return f"http://127.0.0.1:{self.ports['LOCAL_WEB_PORT']}"
+
+    def metrics_port(self, what: str, i: int | None = None) -> int:
+        """Loopback port of a metrics endpoint (the offsets of .env.example, LOCAL_METRICS_BASE_PORT):
+        prometheus, web, nginx-status, nginx-exporter, redis-exporter, postgres-exporter, ws (i: 1-based)."""
+        base = self.ports["LOCAL_METRICS_BASE_PORT"]
+        if what == "ws":
+            return base + 10 + i
+        return base + ("prometheus", "web", "nginx-status", "nginx-exporter", "redis-exporter",
+                       "postgres-exporter").index(what)
 
     @property
     def ws_worker_urls(self) -> list[str]:

@@ -16,12 +16,12 @@ from channels.db import database_sync_to_async
 from channels.layers import get_channel_layer
 from django.conf import settings
 
-from .. import protocol
+from .. import metrics, protocol
 from . import store
 
 logger = logging.getLogger(__name__)
 
-_persist_many = database_sync_to_async(store.persist_many)
+_persist_many = metrics.timed_store(database_sync_to_async(store.persist_many))  # counted, timed
 
 BATCH_MAX = 500  # rows per statement: bounds one statement's size and lock time
 
