@@ -63,10 +63,10 @@ def _port_free(port: int) -> bool:
         return True
 
 
-def free_port_range(count: int, attempts: int = 50) -> int:
+def free_port_range(count: int, attempts: int = 50, high: int = 60000) -> int:
     """A base port B with B+1..B+count all free (ws workers listen on consecutive ports)."""
     for _ in range(attempts):
-        base = random.randint(20000, 60000 - count - 1)
+        base = random.randint(20000, high - count - 1)
         if all(_port_free(base + i) for i in range(1, count + 1)):
             return base
     raise RuntimeError(f"no {count} consecutive free loopback ports after {attempts} attempts")
@@ -107,7 +107,9 @@ class NativeStack:
             "LOCAL_REDIS_PORT": free_port(),
             "LOCAL_WS_BASE_PORT": free_port_range(self.workers),
             # scripts/local puts every metrics port at an offset of this base (up to +10+workers).
-            "LOCAL_METRICS_BASE_PORT": free_port_range(10 + self.workers) + 1,
+            # Below Linux's ephemeral range (32768+): the monitoring tier binds them last,
+            # long after the stack's own outgoing connections took their ports.
+            "LOCAL_METRICS_BASE_PORT": free_port_range(10 + self.workers, high=32000) + 1,
         }
 
     def _env(self) -> dict[str, str]:

@@ -90,7 +90,7 @@ def test_metrics_and_stub_status_are_never_public(stack):
 def test_web_requests_are_counted_by_view_and_status(stack, prom):
     for _ in range(3):
         assert requests.get(stack.http_url + "/healthz", timeout=5).ok
-    expr = 'sum(django_http_responses_total_by_status_view_method{view="healthz",status="200"})'
+    expr = 'sum(django_http_responses_total_by_status_view_method_total{view="healthz",status="200"})'
     prom.wait("healthz 200s", lambda: prom.values(expr, ""), lambda v: v.get("", 0) >= 3)
 
 
