@@ -22,6 +22,8 @@ env: ## Create .env from .env.example, filling empty secrets with random values
 ## --- compose operations --------------------------------------------------
 build: env ## Build the app image
 	scripts/compose build
+up-monitoring: env ## make up, plus Prometheus and the exporters (compose profile monitoring)
+	COMPOSE_PROFILES=monitoring scripts/compose up
 down: ## Stop the compose stack (keeps volumes)
 	scripts/compose down
 logs: ## Follow compose logs
@@ -42,6 +44,8 @@ deps: ## Install Debian packages and the Python venv
 	scripts/deps
 local: deps ## Start Postgres, Redis, gunicorn, WS_WORKERS daphne and nginx on loopback
 	scripts/local up
+local-monitoring: deps ## make local, plus the exporters and Prometheus (alert rules of monitoring/)
+	scripts/local up db redis migrate web ws nginx monitoring
 local-down: ## Stop exactly what `make local` started
 	scripts/local down
 
@@ -61,4 +65,4 @@ soak: deps ## Hold N sockets for T minutes and report RSS growth per tier
 bench: deps ## WebSocket fan-out benchmark (docs/benchmarks.md)
 	scripts/bench
 
-.PHONY: help up test env build down logs ps scale migrate createsuperuser shell deps local local-down k8s-render k8s-validate k8s-apply test-faults soak bench
+.PHONY: help up up-monitoring test env build down logs ps scale migrate createsuperuser shell deps local local-monitoring local-down k8s-render k8s-validate k8s-apply test-faults soak bench
