@@ -103,6 +103,7 @@ if os.environ.get("LOG_FORMAT", "plain") == "json":
         "filters": {"redact_tokens": {"()": "chat.logfilters.RedactTokens"}},
         "handlers": {"stdout": {"class": "logging.StreamHandler", "stream": "ext://sys.stdout",
                                 "formatter": "json", "filters": ["redact_tokens"]}},
+        "root": {"handlers": ["stdout"], "level": "INFO"},
         "loggers": {"gunicorn.error": {"handlers": ["stdout"], "level": loglevel.upper(), "propagate": False},
                     "gunicorn.access": {"handlers": ["stdout"], "level": "INFO", "propagate": False}},
     }
