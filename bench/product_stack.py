@@ -47,6 +47,7 @@ class ProductStack(procs.LoopbackURLs):
             LOCAL_STATE_DIR=self.state, HTTP_PORT=self.http_port, LOCAL_WEB_PORT=procs.free_port(),
             LOCAL_WS_BASE_PORT=self.ws_base_port, LOCAL_PG_PORT=procs.free_port(),
             LOCAL_REDIS_PORT=procs.free_port(), WS_WORKERS=workers,
+            LOCAL_METRICS_BASE_PORT=self._free_run(10 + workers) + 1,
             **OVERRIDES, **(extra_env or {}))
         self.overrides = {**OVERRIDES, **(extra_env or {})}
 
