@@ -34,10 +34,13 @@ class WorkerServer(Server):
         kwargs["signal_handlers"] = False
         super().__init__(*args, **kwargs)
         self._drain_task = None
+        self._fatal = None  # why startup gave up: the process then exits non-zero
 
     def run(self):
         reactor.callWhenRunning(self._startup)
         super().run()
+        if self._fatal:
+            raise SystemExit(self._fatal)
 
     # ------------------------------------------------------------- startup
     def _startup(self):
@@ -66,9 +69,10 @@ class WorkerServer(Server):
             try:
                 metrics.serve(port, conf.get("BIND_HOST"))
             except Exception as exc:
-                logger.critical("metrics: cannot listen on WS_METRICS_PORT=%d: %s", port, exc)
+                self._fatal = f"metrics: cannot listen on WS_METRICS_PORT={port}: {exc}"
+                logger.critical("%s", self._fatal)
                 self.stop()
-                raise
+                return
         metrics.start_loop_watch()
 
     # ----------------------------------------------------------- main loop

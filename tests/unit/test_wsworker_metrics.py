@@ -116,3 +116,22 @@ def test_any_projects_worker_serves_its_metrics_on_its_own_port(worker):
     with pytest.raises(urllib.error.HTTPError) as err:
         urllib.request.urlopen(f"http://127.0.0.1:{mport}/healthz", timeout=5)
     assert err.value.code == 404
+
+
+@pytest.mark.slow
+def test_a_busy_metrics_port_stops_the_worker_with_the_settings_name():
+    import socket
+
+    with socket.socket() as busy:
+        busy.bind(("127.0.0.1", 0))
+        busy.listen()
+        mport = busy.getsockname()[1]
+        env = {k: v for k, v in os.environ.items() if k != "DJANGO_SETTINGS_MODULE"}
+        env.update(DJANGO_SETTINGS_MODULE="ownproject.settings", WS_METRICS_PORT=str(mport),
+                   PYTHONPATH=os.pathsep.join([str(HERE), str(DJANGO_APP)]))
+        proc = subprocess.run(
+            [sys.executable, "-m", "wsworker", "-b", "127.0.0.1", "-p", str(free_port()),
+             "ownproject.asgi:application"],
+            cwd=HERE, env=env, capture_output=True, text=True, timeout=60)
+    assert proc.returncode != 0
+    assert f"cannot listen on WS_METRICS_PORT={mport}" in proc.stdout + proc.stderr
