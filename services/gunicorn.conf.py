@@ -70,6 +70,9 @@ if metrics_port:
     shutil.rmtree(_dir, ignore_errors=True)
     os.makedirs(_dir, mode=0o700)
     os.environ["PROMETHEUS_MULTIPROC_DIR"] = _dir
+else:
+    # Off: the workers must not count into files nobody collects (nor into a dir not made).
+    os.environ.pop("PROMETHEUS_MULTIPROC_DIR", None)
 
 
 def when_ready(server):

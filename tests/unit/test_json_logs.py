@@ -46,9 +46,10 @@ def test_an_unknown_format_names_the_setting():
     assert result.returncode != 0 and "LOG_FORMAT must be plain or json" in result.stderr
 
 
-def test_gunicorn_writes_json_lines(tmp_path):
+def test_gunicorn_writes_json_lines_and_metrics_off_stays_off(tmp_path):
+    # Metrics off, with a multiprocess dir inherited: the workers must not write there.
     port = free_port()
-    env = dict(os.environ, PATH=f"{Path(sys.executable).parent}:{os.environ['PATH']}",
+    env = dict(os.environ, PROMETHEUS_MULTIPROC_DIR=str(tmp_path / "missing"), PATH=f"{Path(sys.executable).parent}:{os.environ['PATH']}",
                LOG_FORMAT="json", PORT=str(port), BIND_HOST="127.0.0.1", WEB_CONCURRENCY="1",
                WEB_METRICS_PORT="0")
     log = (tmp_path / "web.log").open("w+")
@@ -71,3 +72,4 @@ def test_gunicorn_writes_json_lines(tmp_path):
     assert any(r["logger"] == "gunicorn.error" and "Listening at" in r["message"] for r in records)
     assert any(r["logger"] == "gunicorn.access" and "/healthz" in r["message"] for r in records)
     assert "s3cr3t" not in "\n".join(lines)
+    assert not (tmp_path / "missing").exists()
