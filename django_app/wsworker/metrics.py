@@ -133,8 +133,9 @@ event_loop_lag = histogram(
 )
 
 
-def _labelled(name, documentation, labels, counts, kind=CounterMetricFamily):
-    fam = kind(name, documentation, labels=labels)
+def _labelled(name, documentation, labels, counts):
+    """A counter family from a Counter: one sample per key (a tuple key fills several labels)."""
+    fam = CounterMetricFamily(name, documentation, labels=labels)
     for key, value in sorted(counts.items()):
         fam.add_metric([str(k) for k in (key if isinstance(key, tuple) else (key,))], value)
     return fam
