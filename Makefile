@@ -25,6 +25,8 @@ certs: ## Local CA + localhost certificate in TLS_CERT_DIR, for TLS_MODE=files o
 ## --- compose operations --------------------------------------------------
 build: env ## Build the app image
 	scripts/compose build
+up-monitoring: env ## make up, plus Prometheus and the exporters (compose profile monitoring)
+	COMPOSE_PROFILES=monitoring scripts/compose up
 down: ## Stop the compose stack: ws drains first (close 1012), keeps the data
 	scripts/compose down
 reset: ## Stop and DELETE the data volumes (asks; CONFIRM=yes skips, RESET_ENV=yes also deletes .env)
@@ -47,6 +49,8 @@ deps: ## Install Debian packages and the Python venv
 	scripts/deps
 local: deps ## Start Postgres, Redis, gunicorn, WS_WORKERS daphne and nginx on loopback
 	scripts/local up
+local-monitoring: deps ## make local, plus the exporters and Prometheus (alert rules of monitoring/)
+	scripts/local up db redis migrate web ws nginx monitoring
 local-down: ## Stop exactly what `make local` started
 	scripts/local down
 
@@ -68,4 +72,4 @@ bench: deps ## WebSocket fan-out benchmark (docs/benchmarks.md)
 bench-tls: deps ## WebSocket connects/s through nginx, wss:// vs ws:// (bench/tls_connects.py)
 	.venv/bin/python -m bench.tls_connects
 
-.PHONY: help up test env build down reset logs ps scale migrate createsuperuser shell certs deps local local-down k8s-render k8s-validate k8s-apply test-faults soak bench bench-tls
+.PHONY: help up up-monitoring test env build down reset logs ps scale migrate createsuperuser shell certs deps local local-monitoring local-down k8s-render k8s-validate k8s-apply test-faults soak bench bench-tls

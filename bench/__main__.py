@@ -50,21 +50,28 @@ def versions():
     return out
 
 
+# `ours+nometrics`: the product with its metrics ports off and the app's per-message
+# metrics calls skipped, to price metrics at the knee (`--stacks ours,ours+nometrics`).
+NO_METRICS = {"WS_METRICS_PORT": "0", "WEB_METRICS_PORT": "0"}
+
+
 def make_stack(label, workers, extra_env):
-    """`baseline`, `ours`, `ours+asynccommit` (bench-only Postgres switch), `ours@uvicorn` (server swap)."""
+    """`baseline`, `ours`, `ours+asynccommit` (bench-only Postgres switch), `ours+nometrics`,
+    `ours@uvicorn` (server swap)."""
     if label == "baseline":
         return BaselineStack(workers)
     name, _, server = label.partition("@")
     base, *options = name.split("+")
-    if base != "ours" or server not in ("", "uvicorn") or set(options) - {"asynccommit"}:
-        sys.exit(f"unknown stack {label!r}: baseline, ours, ours+asynccommit, ours@uvicorn")
-    return ProductStack(workers, dict(extra_env))
+    if base != "ours" or server not in ("", "uvicorn") or set(options) - {"asynccommit", "nometrics"}:
+        sys.exit(f"unknown stack {label!r}: baseline, ours, ours+asynccommit, ours+nometrics, ours@uvicorn")
+    return ProductStack(workers, {**extra_env, **(NO_METRICS if "nometrics" in options else {})})
 
 
 def parse(argv):
     ap = argparse.ArgumentParser(prog="scripts/bench", description=__doc__)
     ap.add_argument("--smoke", action="store_true", help="tiny loads, < 60 s, no capacity targets")
-    ap.add_argument("--stacks", default="baseline,ours", help="comma list: baseline, ours, ours+asynccommit, ours@uvicorn")
+    ap.add_argument("--stacks", default="baseline,ours",
+                    help="comma list: baseline, ours, ours+asynccommit, ours+nometrics, ours@uvicorn")
     ap.add_argument("--scenarios", default=None, help="comma list of scenario names (default: all of the mode)")
     ap.add_argument("--duration", type=float, default=None, help="seconds of sending per step")
     ap.add_argument("--steps", default=None, help="comma list of offered deliveries/s")

@@ -47,16 +47,20 @@ class ProductStack(procs.LoopbackURLs):
             LOCAL_STATE_DIR=self.state, HTTP_PORT=self.http_port, LOCAL_WEB_PORT=procs.free_port(),
             LOCAL_WS_BASE_PORT=self.ws_base_port, LOCAL_PG_PORT=procs.free_port(),
             LOCAL_REDIS_PORT=procs.free_port(), WS_WORKERS=workers,
+            # Metrics ports (base+0..base+10+workers): below the ephemeral range, so
+            # no outgoing connection of the stack can take one first.
+            LOCAL_METRICS_BASE_PORT=self._free_run(10 + workers, below_ephemeral=True) + 1,
             **OVERRIDES, **(extra_env or {}))
         self.overrides = {**OVERRIDES, **(extra_env or {})}
 
     @staticmethod
-    def _free_run(n, tries=50):
+    def _free_run(n, tries=50, below_ephemeral=False):
         """A base port whose next n ports are all free (the runner uses base+1..base+n)."""
+        import random
         import socket
 
         for _ in range(tries):
-            base = procs.free_port()
+            base = random.randint(20000, 32000 - n) if below_ephemeral else procs.free_port()
             if base + n >= 65535:
                 continue
             socks = []

@@ -54,3 +54,59 @@ forwarded_allow_ips = os.environ.get("FORWARDED_ALLOW_IPS", "*")
 # arbiter think workers hung.
 if os.path.isdir("/dev/shm"):
     worker_tmp_dir = "/dev/shm"
+
+# --- metrics: prometheus_client's documented multiprocess mode -----------------
+# Each worker process counts its requests (django-prometheus middleware, switched
+# on by PROMETHEUS_MULTIPROC_DIR in config/settings.py) into files in that dir; the
+# arbiter serves their sum on WEB_METRICS_PORT (0: off), a port nginx never proxies.
+# The dir must be set before any process imports prometheus_client, and emptied
+# at start: stale files of a previous run would be summed in.
+metrics_port = _int("WEB_METRICS_PORT", 9101)
+if metrics_port:
+    import shutil
+    import tempfile
+
+    _dir = os.environ.get("PROMETHEUS_MULTIPROC_DIR") or tempfile.mkdtemp(prefix="gunicorn-metrics-")
+    shutil.rmtree(_dir, ignore_errors=True)
+    os.makedirs(_dir, mode=0o700)
+    os.environ["PROMETHEUS_MULTIPROC_DIR"] = _dir
+else:
+    # Off: the workers must not count into files nobody collects (nor into a dir not made).
+    os.environ.pop("PROMETHEUS_MULTIPROC_DIR", None)
+
+
+def when_ready(server):
+    if not metrics_port:
+        return
+    from prometheus_client import CollectorRegistry, multiprocess, start_http_server
+
+    registry = CollectorRegistry()
+    multiprocess.MultiProcessCollector(registry)
+    start_http_server(metrics_port, addr=os.environ.get("BIND_HOST", "0.0.0.0"), registry=registry)
+    server.log.info("metrics: http://%s:%d/metrics", os.environ.get("BIND_HOST", "0.0.0.0"), metrics_port)
+
+
+def child_exit(server, worker):
+    # A dead worker's live gauges are dropped; its counters stay in the sum.
+    if metrics_port:
+        from prometheus_client import multiprocess
+
+        multiprocess.mark_process_dead(worker.pid)
+
+
+# --- logs: LOG_FORMAT=json writes gunicorn's own lines as JSON too ---------------
+if os.environ.get("LOG_FORMAT", "plain") == "json":
+    _json = {"()": "pythonjsonlogger.json.JsonFormatter",
+             "format": "%(asctime)s %(levelname)s %(name)s %(process)d %(message)s",
+             "rename_fields": {"asctime": "time", "levelname": "level", "name": "logger"}}
+    logconfig_dict = {
+        "version": 1,
+        "disable_existing_loggers": False,
+        "formatters": {"json": _json},
+        "filters": {"redact_tokens": {"()": "chat.logfilters.RedactTokens"}},
+        "handlers": {"stdout": {"class": "logging.StreamHandler", "stream": "ext://sys.stdout",
+                                "formatter": "json", "filters": ["redact_tokens"]}},
+        "root": {"handlers": ["stdout"], "level": "INFO"},
+        "loggers": {"gunicorn.error": {"handlers": ["stdout"], "level": loglevel.upper(), "propagate": False},
+                    "gunicorn.access": {"handlers": ["stdout"], "level": "INFO", "propagate": False}},
+    }

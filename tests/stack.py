@@ -14,6 +14,7 @@ use (`scripts/local`), not a test-only copy of it.
         stack.settings          # env dict the servers run with: secrets, POSTGRES_PORT, REDIS_PORT, ...
         stack.pid("web"); stack.pid("ws", 2)     # PID of a tier (ws: worker i, 1-based)
         stack.log_path("nginx"); stack.log_path("ws", 1)
+        stack.metrics_port("ws", 1); stack.metrics_port("prometheus")  # up("...", "monitoring")
         stack.stop("redis"); stack.start("redis")  # tiers: db redis web ws nginx; ws-<i> for one worker
         stack.reload_nginx()
         stack.manage("createsuperuser", "--noinput")  # manage.py with the stack's env
@@ -49,6 +50,7 @@ _NOT_INHERITED = (
     "LOCAL_PG_PORT", "LOCAL_REDIS_PORT", "LOCAL_WEB_PORT", "LOCAL_WS_BASE_PORT", "HTTP_PORT",
     "WS_WORKERS", "PORT", "HTTPS_PORT", "TLS_MODE", "TLS_CERT_DIR", "TLS_CERT_FILE", "TLS_KEY_FILE",
     "DJANGO_TLS", "ACME_SERVER", "ACME_DOMAINS", "ACME_EMAIL", "ACME_CA_BUNDLE",
+    "LOCAL_METRICS_BASE_PORT", "WS_METRICS_PORT", "WEB_METRICS_PORT", "PROMETHEUS_MULTIPROC_DIR",
 )
 
 
@@ -68,10 +70,10 @@ def _port_free(port: int) -> bool:
         return True
 
 
-def free_port_range(count: int, attempts: int = 50) -> int:
+def free_port_range(count: int, attempts: int = 50, high: int = 60000) -> int:
     """A base port B with B+1..B+count all free (ws workers listen on consecutive ports)."""
     for _ in range(attempts):
-        base = random.randint(20000, 60000 - count - 1)
+        base = random.randint(20000, high - count - 1)
         if all(_port_free(base + i) for i in range(1, count + 1)):
             return base
     raise RuntimeError(f"no {count} consecutive free loopback ports after {attempts} attempts")
@@ -114,6 +116,10 @@ class NativeStack:
             "LOCAL_PG_PORT": free_port(),
             "LOCAL_REDIS_PORT": free_port(),
             "LOCAL_WS_BASE_PORT": free_port_range(self.workers),
+            # scripts/local puts every metrics port at an offset of this base (up to +10+workers).
+            # Below Linux's ephemeral range (32768+): the monitoring tier binds them last,
+            # long after the stack's own outgoing connections took their ports.
+            "LOCAL_METRICS_BASE_PORT": free_port_range(10 + self.workers, high=32000) + 1,
         }
 
     def _env(self) -> dict[str, str]:
@@ -194,6 +200,15 @@ class NativeStack:
     @property
     def web_url(self) -> str:
         return f"http://127.0.0.1:{self.ports['LOCAL_WEB_PORT']}"
+
+    def metrics_port(self, what: str, i: int | None = None) -> int:
+        """Loopback port of a metrics endpoint (the offsets of .env.example, LOCAL_METRICS_BASE_PORT):
+        prometheus, web, nginx-status, nginx-exporter, redis-exporter, postgres-exporter, ws (i: 1-based)."""
+        base = self.ports["LOCAL_METRICS_BASE_PORT"]
+        if what == "ws":
+            return base + 10 + i
+        return base + ("prometheus", "web", "nginx-status", "nginx-exporter", "redis-exporter",
+                       "postgres-exporter").index(what)
 
     @property
     def ws_worker_urls(self) -> list[str]:

@@ -186,8 +186,27 @@ WS_GC_THRESHOLD = env.int("WS_GC_THRESHOLD", default=10000)
 if WS_GC_THRESHOLD < 700:
     raise ImproperlyConfigured(f"WS_GC_THRESHOLD must be at least 700 (CPython's default), not {WS_GC_THRESHOLD}")
 
+# --- metrics (docs/operations.md) ---------------------------------------------
+# ws workers serve /metrics on WS_METRICS_PORT (wsworker.metrics), on BIND_HOST.
+WS_METRICS_PORT = env.int("WS_METRICS_PORT", default=9100)
+BIND_HOST = env.str("BIND_HOST", default="0.0.0.0")
+# gunicorn (services/gunicorn.conf.py) sets PROMETHEUS_MULTIPROC_DIR when WEB_METRICS_PORT
+# is on: then every request is counted by view and status (django-prometheus, in
+# prometheus_client's multiprocess mode) and the arbiter serves the sum on that port.
+if env.str("PROMETHEUS_MULTIPROC_DIR", default=""):
+    MIDDLEWARE = [
+        "django_prometheus.middleware.PrometheusBeforeMiddleware",
+        *MIDDLEWARE,
+        "django_prometheus.middleware.PrometheusAfterMiddleware",
+    ]
+
 # --- logging ------------------------------------------------------------------
 LOG_LEVEL = env.str("LOG_LEVEL", default="INFO").upper()
+# plain: one human line per record; json: one JSON object per line (python-json-logger)
+# with the same fields, for log shippers. The token redaction applies to both.
+LOG_FORMAT = env.str("LOG_FORMAT", default="plain")
+if LOG_FORMAT not in ("plain", "json"):
+    raise ImproperlyConfigured(f"LOG_FORMAT must be plain or json, not {LOG_FORMAT!r}")
 LOGGING = {
     "version": 1,
     "disable_existing_loggers": False,
@@ -196,13 +215,18 @@ LOGGING = {
         "client_refusal": {"()": "chat.logfilters.RefusalWithoutTraceback"},
     },
     "formatters": {
-        "plain": {"format": "%(asctime)s %(levelname)s %(name)s %(process)d %(message)s"}
+        "plain": {"format": "%(asctime)s %(levelname)s %(name)s %(process)d %(message)s"},
+        "json": {
+            "()": "pythonjsonlogger.json.JsonFormatter",
+            "format": "%(asctime)s %(levelname)s %(name)s %(process)d %(message)s",
+            "rename_fields": {"asctime": "time", "levelname": "level", "name": "logger"},
+        },
     },
     "handlers": {
         "stdout": {
             "class": "logging.StreamHandler",
             "stream": "ext://sys.stdout",
-            "formatter": "plain",
+            "formatter": LOG_FORMAT,
             "filters": ["redact_tokens"],
         }
     },

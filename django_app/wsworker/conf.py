@@ -11,6 +11,8 @@ DEFAULTS = {
     "WS_MAX_SEND_BUFFER_BYTES": 1048576,  # unsent bytes per socket before it is shed (1013)
     "WS_EVENT_LOOP": "uvloop",  # uvloop or asyncio
     "WS_GC_THRESHOLD": 10000,  # allocations between young-generation collections
+    "WS_METRICS_PORT": 0,  # Prometheus /metrics on this port (0: off); never the WebSocket port
+    "BIND_HOST": "127.0.0.1",  # the interface the metrics port listens on
 }
 
 

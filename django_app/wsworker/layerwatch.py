@@ -17,7 +17,7 @@ import logging
 from channels.layers import get_channel_layer
 from redis import asyncio as aioredis
 
-from . import hooks
+from . import hooks, metrics
 from .health import channel_layer_redis_url
 
 
@@ -51,6 +51,7 @@ async def _watch() -> None:
                 # redis-py may turn our cancellation into a connection error: honour it,
                 # or the loop (and a worker's shutdown) would wait on us forever.
                 raise asyncio.CancelledError from exc
+            metrics.layer.up = False
             if not unreachable:
                 logger.warning("channel layer: Redis unreachable (%s); sockets resync when it returns", exc)
             unreachable = True
@@ -58,12 +59,14 @@ async def _watch() -> None:
             if unreachable or (known_run_id is not None and run_id != known_run_id):
                 await _resync("came back" if unreachable else "restarted")
             known_run_id, unreachable = run_id, False
+            metrics.layer.up = True
         await asyncio.sleep(POLL_SECONDS)
 
 
 async def _resync(what: str) -> None:
     global generation
     generation += 1
+    metrics.redis_resyncs[what] += 1
     logger.warning("channel layer: Redis %s; resubscribing (generation %d)", what, generation)
     try:
         await get_channel_layer().flush()

@@ -3,7 +3,8 @@
 - server close codes 1011/1012/1013 (drain, overload), which autobahn refuses;
 - send_frames: pre-built frames written straight to the transport (wsworker.frames);
 - no HTTPChannel kept alive per socket (memory);
-- autobahn's per-connection options held once on the class (memory, connect CPU).
+- autobahn's per-connection options held once on the class (memory, connect CPU);
+- handshakes, closes and bytes written counted for wsworker.metrics (plain ints).
 
 Every autobahn/daphne/Twisted internal the runtime touches is named in
 PRIVATE_INTERNALS below; tests/unit/test_wsworker_internals.py fails when an
@@ -11,6 +12,8 @@ upgrade removes one.
 """
 from daphne.ws_protocol import WebSocketProtocol
 from twisted.web.http import HTTPChannel
+
+from . import metrics
 
 # Library internals this package relies on, each (class, attribute): an
 # attribute of the class, or one its methods set on `self`. Pinned by
@@ -21,6 +24,8 @@ PRIVATE_INTERNALS = (
     ("autobahn.websocket.protocol.WebSocketServerProtocol", "trafficStats"),  # send_frames
     ("autobahn.websocket.protocol.WebSocketServerProtocol", "sendCloseFrame"),  # serverClose
     ("autobahn.websocket.protocol.WebSocketServerProtocol", "CONFIG_ATTRS"),  # share_protocol_options
+    ("autobahn.websocket.protocol.WebSocketServerProtocol", "closedByMe"),  # onClose (metrics)
+    ("autobahn.websocket.protocol.WebSocketServerProtocol", "localCloseCode"),  # onClose (metrics)
     ("twisted.internet.abstract.FileDescriptor", "dataBuffer"),  # unsent_bytes
     ("twisted.internet.abstract.FileDescriptor", "offset"),  # unsent_bytes
     ("twisted.internet.abstract.FileDescriptor", "_tempDataLen"),  # unsent_bytes
@@ -72,6 +77,22 @@ class WorkerWebSocketProtocol(WebSocketProtocol):
             channel.setTimeout(None)
             self.transport.unregisterProducer()
 
+    def serverAccept(self, subprotocol=None):
+        metrics.handshakes["accepted"] += 1
+        super().serverAccept(subprotocol)
+
+    def serverReject(self):
+        metrics.handshakes["rejected"] += 1
+        super().serverReject()
+
+    def onClose(self, wasClean, code, reason):
+        # Our own close code when we closed (the client's echo may never come).
+        if getattr(self, "closedByMe", False) and getattr(self, "localCloseCode", None):
+            metrics.closes[("server", self.localCloseCode)] += 1
+        else:
+            metrics.closes[("client", code)] += 1
+        super().onClose(wasClean, code, reason)
+
     def serverClose(self, code=None):
         """Lets the app close with 1011/1012/1013.
 
@@ -100,6 +121,7 @@ class WorkerWebSocketProtocol(WebSocketProtocol):
             else:
                 self.transport.write(data)
                 self.trafficStats.outgoingOctetsWireLevel += len(data)
+            metrics.written_bytes["framed"] += len(data)
         return True
 
 

@@ -43,6 +43,17 @@ refusals = collections.Counter()
 # operator can see the fast path is in use.
 deliveries = collections.Counter()
 
+# Sockets shed to protect the worker (close 1013), by reason. Each shed is also a
+# refusal ("close 1013 <reason>" in `refusals`, so /healthz is unchanged); Prometheus
+# sees them apart as wsworker_sheds_total (wsworker.metrics).
+sheds = collections.Counter()
+
+
+def shed(reason: str) -> None:
+    """Count one shed (slow consumer, room backlog): in `sheds` and in `refusals`."""
+    sheds[reason] += 1
+    refusals[f"close 1013 {reason}"] += 1
+
 
 async def close_sockets(consumers, code: int, log) -> None:
     """Close each consumer's socket with `code` (drain, Redis resync, shed room).

@@ -2,7 +2,7 @@
 
 - startup (`_startup`, once the reactor runs): our WebSocket protocol and its
   shared options, SIGTERM/SIGINT handlers, slow-client shedding, the Redis
-  channel-layer watcher, GC tuning;
+  channel-layer watcher, GC tuning, the metrics port and event-loop lag watch;
 - main loop: daphne's reactor; each connection gets an Inbox and, for a
   WebSocket, the frames extension in its scope (`create_application`);
 - shutdown (`_on_signal`): the drain (wsworker.drain), then stop. A second
@@ -20,7 +20,7 @@ from daphne.cli import CommandLineInterface
 from daphne.server import Server
 from twisted.internet import reactor
 
-from . import drain, gctune, layerwatch, shedding
+from . import conf, drain, gctune, layerwatch, metrics, shedding
 from .frames import SCOPE_FRAMES, frame_text
 from .inbox import Inbox
 from .protocol import WorkerWebSocketProtocol, share_protocol_options
@@ -34,10 +34,13 @@ class WorkerServer(Server):
         kwargs["signal_handlers"] = False
         super().__init__(*args, **kwargs)
         self._drain_task = None
+        self._fatal = None  # why startup gave up: the process then exits non-zero
 
     def run(self):
         reactor.callWhenRunning(self._startup)
         super().run()
+        if self._fatal:
+            raise SystemExit(self._fatal)
 
     # ------------------------------------------------------------- startup
     def _startup(self):
@@ -57,6 +60,20 @@ class WorkerServer(Server):
         # e.g. tests), and must start once the loop runs.
         loop.call_soon(layerwatch.ensure_started)
         gctune.tune()
+        self._start_metrics()
+
+    def _start_metrics(self):
+        port = int(conf.get("WS_METRICS_PORT") or 0)
+        if port:
+            # A busy port must stop the worker with the setting's name, not leave it unscraped.
+            try:
+                metrics.serve(port, conf.get("BIND_HOST"))
+            except Exception as exc:
+                self._fatal = f"metrics: cannot listen on WS_METRICS_PORT={port}: {exc}"
+                logger.critical("%s", self._fatal)
+                self.stop()
+                return
+        metrics.start_loop_watch()
 
     # ----------------------------------------------------------- main loop
     def create_application(self, protocol, scope):

@@ -34,7 +34,7 @@ def _check(server) -> None:
             if backlog <= limit:
                 continue
             proto.wsworker_shed = True
-            registry.refusals[f"close {CLOSE_OVERLOADED} slow consumer"] += 1
+            registry.shed("slow consumer")
             logger.warning(
                 "shed slow client %s: %d bytes unsent > WS_MAX_SEND_BUFFER_BYTES=%d, closing %d",
                 getattr(proto, "client_addr", "?"), backlog, limit, CLOSE_OVERLOADED,

@@ -62,8 +62,9 @@ def project(engine, tmp_path_factory) -> Project:
     name = f"dcs-test-{uuid.uuid4().hex[:8]}"
     env_file = tmp_path_factory.mktemp("compose") / "test.env"
     run([str(REPO / "scripts" / "env"), str(env_file)], env=clean_environ(), timeout=60)
-    port = free_port()
+    port, prometheus_port = free_port(), free_port()
     set_env_values(env_file, {
+        "PROMETHEUS_PORT": str(prometheus_port),
         "HTTP_BIND": "127.0.0.1",
         "HTTP_PORT": str(port),
         "APP_IMAGE": f"{name}:test",
@@ -71,6 +72,10 @@ def project(engine, tmp_path_factory) -> Project:
         "CSRF_TRUSTED_ORIGINS": f"http://127.0.0.1:{port},http://localhost:{port}",
     })
     proj = Project(name=name, env_file=env_file, http_port=port, image=f"{name}:test")
+    # `make up-monitoring`: Prometheus and the exporters run beside the stack all session
+    # (tests/compose/monitoring.py), so they watch the scaling tests too.
+    proj.env["COMPOSE_PROFILES"] = "monitoring"
+    proj.prometheus_port = prometheus_port
 
     if engine == STANDINS:
         # Stand-ins for the official images the compose file and Dockerfile name

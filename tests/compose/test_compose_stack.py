@@ -18,6 +18,7 @@ import uuid
 import pytest
 import yaml
 
+from tests.compose import monitoring
 from tests.compose.compose_chat import Client
 from tests.compose.composectl import FIGURES, REPO, run
 
@@ -73,12 +74,19 @@ def test_config_validates_and_keeps_the_contract(project):
     proj.compose("config", "-q", timeout=60)
     cfg = json.loads(proj.compose("config", "--format", "json", timeout=60).stdout)
     services = cfg["services"]
-    assert set(services) == {"nginx", "web", "ws", "migrate", "redis", "db"}
+    assert set(services) == {"nginx", "web", "ws", "migrate", "redis", "db"} | monitoring.PROFILE_SERVICES
 
     published = {name for name, s in services.items() if s.get("ports")}
-    assert published == {"nginx"}, f"only nginx may publish a port, not {published - {'nginx'}}"
+    assert published == {"nginx", "prometheus"}, f"only nginx may publish a port, not {published - {'nginx'}}"
     (port,) = services["nginx"]["ports"]
     assert port["host_ip"] == "127.0.0.1" and port["published"] == str(proj.http_port) and port["target"] == 8080
+    # Prometheus (monitoring profile) on loopback only; no metrics port is ever published.
+    (port,) = services["prometheus"]["ports"]
+    assert port["host_ip"] == "127.0.0.1" and port["published"] == str(proj.prometheus_port)
+    # Without the profile (plain `make up`) none of it runs.
+    bare = run(["docker", "compose", "-p", proj.name, "--env-file", str(proj.env_file), "config", "--services"],
+               env={**proj.env, "COMPOSE_PROFILES": ""}, timeout=60).stdout.split()
+    assert set(bare) == {"nginx", "web", "ws", "migrate", "redis", "db"}
 
     assert "container_name" not in services["ws"]
     for name in ("web", "ws"):
@@ -181,6 +189,9 @@ def test_up_wait_becomes_healthy_with_three_ws(project):
     (mig,) = by_service["migrate"]
     assert mig["State"] == "exited" and mig["ExitCode"] == 0, mig
 
+    took = monitoring.wait_for_ws_targets(project, 3)
+    FIGURES["monitoring: healthy stack → Prometheus has 3 ws targets up"] = f"{took:.1f} s"
+
     # Each app container runs as the non-root user with a read-only root.
     for cid in project.container_ids("web") + project.container_ids("ws"):
         host = project.inspect(cid)["HostConfig"]
@@ -259,6 +270,7 @@ async def test_scale_up_to_four_reaches_the_new_replica_without_nginx_restart(pr
     """Leaves: the stack up with ws=4."""
     nginx_id = project.container_ids("nginx")[0]
     nginx_before = project.inspect(nginx_id)["State"]
+    prometheus_started = monitoring.started_at(project)
     before = set(project.container_ids("ws"))
 
     t0 = time.monotonic()
@@ -303,6 +315,10 @@ async def test_scale_up_to_four_reaches_the_new_replica_without_nginx_restart(pr
     assert project.container_ids("nginx") == [nginx_id], "nginx container was replaced"
     assert nginx_after["StartedAt"] == nginx_before["StartedAt"], "nginx was restarted"
     assert project.inspect(nginx_id)["RestartCount"] == 0
+    # Prometheus found the fourth replica through Docker's DNS, without a restart.
+    took = await asyncio.to_thread(monitoring.wait_for_ws_targets, project, 4)
+    FIGURES["monitoring: scale 3→4 → Prometheus has 4 ws targets up"] = f"{took:.1f} s"
+    assert monitoring.started_at(project) == prometheus_started, "Prometheus was restarted"
 
 
 async def test_scale_down_to_two_clients_reconnect_and_keep_chatting(project):

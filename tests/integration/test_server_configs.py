@@ -11,6 +11,7 @@ from tests.stack import ROOT, NativeStack, alive, free_port
 TEMPLATE = ROOT / "nginx" / "templates" / "default.conf.template"
 NGINX_VARS = {
     "NGINX_PORT": "8080",
+    "NGINX_STATUS_PORT": "8081",
     "NGINX_LOCAL_RESOLVERS": "127.0.0.11",
     "NGINX_RESOLVER_VALID": "2s",
     "NGINX_WS_BACKEND": "ws:8000",

@@ -6,7 +6,7 @@ import pytest
 from tests.k8s.manifests import (configmap_data, container_port, containers, find, one,
                                  pod_labels, pod_spec, probes, selects, workloads)
 
-OVERLAYS = ["dev", "prod", "prod-gateway"]
+OVERLAYS = ["dev", "prod", "prod-gateway", "prod-monitoring"]
 APP_UID = 10001  # cross-checked against .env.example's APP_UID below
 EXPECTED_UIDS = {"web": APP_UID, "ws": APP_UID, "migrate": APP_UID, "nginx": 101,
                  "postgres": 999, "redis": 999}

@@ -16,7 +16,7 @@ def test_generated_copies_match_their_sources(k8s_script):
 
 
 def test_every_overlay_renders(rendered):
-    assert set(rendered) == {"dev", "prod", "prod-gateway"}
+    assert set(rendered) == {"dev", "prod", "prod-gateway", "prod-monitoring"}
     for overlay, objs in rendered.items():
         kinds = {o["kind"] for o in objs}
         assert {"Namespace", "ConfigMap", "Secret", "Deployment", "Service", "Job",
@@ -39,7 +39,7 @@ def test_gateway_variant_replaces_nginx(rendered):
     assert one(rendered["prod"], "Deployment", "nginx")
 
 
-@pytest.mark.parametrize("overlay", ["dev", "prod", "prod-gateway"])
+@pytest.mark.parametrize("overlay", ["dev", "prod", "prod-gateway", "prod-monitoring"])
 def test_everything_lands_in_the_chat_namespace(rendered, overlay):
     for o in rendered[overlay]:
         if o["kind"] in NAMESPACED_EXEMPT:
@@ -47,7 +47,7 @@ def test_everything_lands_in_the_chat_namespace(rendered, overlay):
         assert o["metadata"].get("namespace") == "chat", f"{o['kind']}/{o['metadata']['name']}"
 
 
-@pytest.mark.parametrize("overlay", ["dev", "prod", "prod-gateway"])
+@pytest.mark.parametrize("overlay", ["dev", "prod", "prod-gateway", "prod-monitoring"])
 def test_every_configmap_and_secret_reference_resolves(rendered, overlay):
     # A reference kustomize failed to rewrite to the hashed name points at nothing:
     # the pod would never start (CreateContainerConfigError).
@@ -126,8 +126,8 @@ def test_every_object_is_valid_against_kubernetes_schemas(rendered, k8s_script, 
                 crds.append(o["kind"])  # checked field by field in test_policy.py
                 continue
             kubernetes_validate.validate(o, version, strict=True)
-    assert sorted(crds) == ["Gateway", "HTTPRoute", "HTTPRoute"], \
-        "only the optional Gateway API objects may skip the upstream schemas"
+    # Only the optional Gateway API objects and PodMonitors may skip the upstream schemas.
+    assert sorted(crds) == ["Gateway", "HTTPRoute", "HTTPRoute", "PodMonitor", "PodMonitor"], crds
 
 
 def test_schema_validation_rejects_a_broken_object(rendered):

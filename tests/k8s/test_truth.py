@@ -63,6 +63,8 @@ def app_env(rendered_objs, stack, port):
         "REDIS_HOST": "127.0.0.1", "REDIS_PORT": stack.settings["REDIS_PORT"],
         # Loopback instead of the pod's 0.0.0.0: tests keep traffic on 127.0.0.0/8.
         "PORT": str(port), "BIND_HOST": "127.0.0.1",
+        # Free ports instead of the pod's fixed metrics ports (other stacks run here too).
+        "WS_METRICS_PORT": str(free_port()), "WEB_METRICS_PORT": str(free_port()),
         # What services/Dockerfile sets in the image.
         "DJANGO_SETTINGS_MODULE": "config.settings", "PYTHONUNBUFFERED": "1",
         "PATH": f"{ROOT / 'services' / 'bin'}:{ROOT / '.venv' / 'bin'}:/usr/bin:/bin",
@@ -87,7 +89,8 @@ def test_app_command_boots_and_answers_every_probe(rendered, native_stack, tmp_p
     assert exe.is_file() and os.access(exe, os.X_OK), f"{exe} missing or not executable"
     port = free_port()
     log = (tmp_path / f"{name}.log").open("w")
-    proc = subprocess.Popen([str(exe), *c["args"][1:]], env=app_env(objs, native_stack, port),
+    env = app_env(objs, native_stack, port)
+    proc = subprocess.Popen([str(exe), *c["args"][1:]], env=env,
                             cwd=ROOT, stdout=log, stderr=subprocess.STDOUT, start_new_session=True)
     try:
         found = dict(probes(c))
@@ -97,6 +100,9 @@ def test_app_command_boots_and_answers_every_probe(rendered, native_stack, tmp_p
         for kind, probe in found.items():
             status = http_probe(probe, c, port)
             assert 200 <= status < 300, f"{overlay} {name} {kind} {probe['httpGet']['path']} -> {status}"
+        # The metrics port the pod's settings name answers (the monitoring component scrapes it).
+        metrics_port = env["WS_METRICS_PORT" if name == "ws" else "WEB_METRICS_PORT"]
+        assert requests.get(f"http://127.0.0.1:{metrics_port}/metrics", timeout=5).status_code == 200
         # The kubelet sends SIGTERM after preStop; the server must be gone within the grace period.
         grace = pod_spec(deploy)["terminationGracePeriodSeconds"]
         pause = c["lifecycle"]["preStop"]["sleep"]["seconds"]

@@ -33,7 +33,7 @@ from django.conf import settings
 
 from wsworker import layerwatch, registry as worker
 
-from .. import protocol
+from .. import metrics, protocol
 from . import quiet, store
 from .writer import writer
 
@@ -71,6 +71,11 @@ def room(name: str) -> "Room":
         found = registry[name] = Room(name)
     found.joining += 1
     return found
+
+
+def rooms_with_sockets() -> int:
+    """Rooms with at least one local socket, on every loop of this process (metrics)."""
+    return sum(1 for by_name in list(_rooms.values()) for r in by_name.values() if r.sockets)
 
 
 async def resubscribe_all() -> None:
@@ -270,7 +275,7 @@ class Room:
         is dropped from memory; clients back off and resume with ?after=, so
         nothing is lost. Logged, and counted on the worker's /healthz.
         """
-        worker.refusals[f"close {protocol.CLOSE_OVERLOADED} room backlog"] += 1
+        worker.shed("room backlog")  # close 1013, counted in refusals and sheds
         logger.warning("room %s: %d messages waiting > CHAT_ROOM_MAX_BACKLOG=%d; closing its %d socket(s) with %d",
                        self.name, len(self.pending), settings.CHAT_ROOM_MAX_BACKLOG, len(self.sockets),
                        protocol.CLOSE_OVERLOADED)
@@ -341,6 +346,7 @@ class Room:
                 if m["id"] == first + len(texts):
                     texts.append(self.pending.pop(m["id"], None) or protocol.dumps(m))
             if texts:
+                metrics.gap_filled(len(texts))
                 await self._fanout(first, texts)
             if self.position < hi:
                 if upto is None:
@@ -378,6 +384,7 @@ class Room:
                 await consumer.deliver(run, skip)
             except Exception:
                 logger.warning("room %s: send to one socket failed", self.name, exc_info=True)
+        metrics.delivered(texts)  # publish-to-deliver lag, once per message per worker
 
 
 class Run:

@@ -21,11 +21,13 @@ import weakref
 from django.conf import settings
 from psycopg import errors as pg_errors
 
-from .. import protocol
+from .. import metrics, protocol
 from . import store
 from .publisher import Publisher
 
 logger = logging.getLogger(__name__)
+
+_persist_batch = metrics.timed_store(store.persist_batch_async)  # counted, timed, sized
 
 BATCH_MAX = 500  # rows per statement: bounds one statement's size and lock time
 DEADLOCK_RETRIES = 2  # rooms are locked in name order, so this is belt and braces
@@ -100,7 +102,7 @@ class Writer:
     async def _store(self, rows):
         for attempt in range(DEADLOCK_RETRIES + 1):
             try:
-                return await store.persist_batch_async(rows)
+                return await _persist_batch(rows)
             except pg_errors.DeadlockDetected:
                 if attempt == DEADLOCK_RETRIES:
                     raise

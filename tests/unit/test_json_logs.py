@@ -1,0 +1,75 @@
+"""LOG_FORMAT=json: one JSON object per log line, tokens redacted as in plain lines.
+
+Checked in fresh processes, the way each tier starts: Django's LOGGING (web, ws,
+migrate, manage.py) and gunicorn's own error and access lines (services/gunicorn.conf.py).
+"""
+import json
+import os
+import subprocess
+import sys
+import time
+import urllib.request
+from pathlib import Path
+
+from .conftest import free_port
+
+ROOT = Path(__file__).resolve().parents[2]
+DJANGO_APP = ROOT / "django_app"
+LEAK = "GET /ws/chat/lobby/?token=s3cr3t-t0ken&after=4"
+
+
+def _log_lines(fmt: str) -> list[str]:
+    code = f"import logging; logging.getLogger('chat.consumers').warning({LEAK!r})"
+    result = subprocess.run([sys.executable, "manage.py", "shell", "-c", code], cwd=DJANGO_APP,
+                            env=dict(os.environ, LOG_FORMAT=fmt), capture_output=True, text=True, timeout=60)
+    assert result.returncode == 0, result.stderr
+    return [line for line in result.stdout.splitlines() if "/ws/chat/lobby/" in line]
+
+
+def test_json_lines_carry_the_record_fields_and_no_token():
+    (line,) = _log_lines("json")
+    record = json.loads(line)
+    assert record["level"] == "WARNING" and record["logger"] == "chat.consumers"
+    assert record["message"] == "GET /ws/chat/lobby/?token=[redacted]&after=4"
+    assert record["time"] and record["process"] > 0
+    assert "s3cr3t" not in line
+
+
+def test_plain_lines_are_unchanged():
+    (line,) = _log_lines("plain")
+    assert line.endswith(" GET /ws/chat/lobby/?token=[redacted]&after=4") and " WARNING chat.consumers " in line
+
+
+def test_an_unknown_format_names_the_setting():
+    result = subprocess.run([sys.executable, "manage.py", "check"], cwd=DJANGO_APP,
+                            env=dict(os.environ, LOG_FORMAT="xml"), capture_output=True, text=True, timeout=60)
+    assert result.returncode != 0 and "LOG_FORMAT must be plain or json" in result.stderr
+
+
+def test_gunicorn_writes_json_lines_and_metrics_off_stays_off(tmp_path):
+    # Metrics off, with a multiprocess dir inherited: the workers must not write there.
+    port = free_port()
+    env = dict(os.environ, PROMETHEUS_MULTIPROC_DIR=str(tmp_path / "missing"), PATH=f"{Path(sys.executable).parent}:{os.environ['PATH']}",
+               LOG_FORMAT="json", PORT=str(port), BIND_HOST="127.0.0.1", WEB_CONCURRENCY="1",
+               WEB_METRICS_PORT="0")
+    log = (tmp_path / "web.log").open("w+")
+    proc = subprocess.Popen([str(ROOT / "services" / "bin" / "web")], env=env, stdout=log,
+                            stderr=subprocess.STDOUT, start_new_session=True)
+    try:
+        deadline = time.monotonic() + 30
+        while True:
+            try:
+                urllib.request.urlopen(f"http://127.0.0.1:{port}/healthz?token=s3cr3t", timeout=2).read()
+                break
+            except OSError:
+                assert time.monotonic() < deadline and proc.poll() is None, (tmp_path / "web.log").read_text()
+                time.sleep(0.2)
+    finally:
+        proc.terminate()
+        proc.wait(timeout=30)
+    lines = [line for line in (tmp_path / "web.log").read_text().splitlines() if line.strip()]
+    records = [json.loads(line) for line in lines]  # every line, gunicorn's own included
+    assert any(r["logger"] == "gunicorn.error" and "Listening at" in r["message"] for r in records)
+    assert any(r["logger"] == "gunicorn.access" and "/healthz" in r["message"] for r in records)
+    assert "s3cr3t" not in "\n".join(lines)
+    assert not (tmp_path / "missing").exists()
