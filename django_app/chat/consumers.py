@@ -232,6 +232,12 @@ class ChatConsumer(AsyncWebsocketConsumer):
             return await self._error(protocol.ERR_BAD_JSON, "frame is not valid JSON")
         if not isinstance(data, dict):
             return await self._error(protocol.ERR_BAD_TYPE, 'expected a JSON object {"message": "..."}')
+        if data.get("type") == protocol.PING:
+            return await self._send_text(protocol.PONG_FRAME)
+        client_msg_id = data.get("client_msg_id")
+        if client_msg_id is not None or "client_msg_id" in data:
+            if not protocol.valid_client_id(client_msg_id):
+                return await self._error(protocol.ERR_BAD_TYPE, 'field "client_msg_id" must be 1..64 of [A-Za-z0-9_-]')
         if "message" not in data:
             return await self._error(protocol.ERR_MISSING_FIELD, 'field "message" is required')
         text = data["message"]
@@ -245,21 +251,30 @@ class ChatConsumer(AsyncWebsocketConsumer):
             return await self._error(protocol.ERR_TOO_LONG, f"message longer than {limit} characters")
         if "\x00" in text or not _storable(text):
             return await self._error(protocol.ERR_BAD_TYPE, "message contains NUL or unpaired surrogate characters")
-        if not self.hub.submit(self, self.user_id, self.username, text):
+        if not self.hub.submit(self, self.user_id, self.username, text, client_msg_id):
             return await self._error(protocol.ERR_UNAVAILABLE, "server busy: message not stored; try again later")
         self.in_flight += 1
 
-    async def stored(self, msg_id: int, payload: str):
-        """The Writer stored our message: acknowledge it if it is next in our sequence
-        (the Room then skips it for this socket, id <= last_id)."""
+    async def stored(self, msg_id: int, payload: str, client_msg_id=None):
+        """The Writer stored our message (or found it stored: a resend): send it now if
+        it is next in our sequence (the Room then skips it for this socket, id <=
+        last_id), then the chat.ack when the message carried a client id."""
         self._landed()
-        if msg_id == self.last_id + 1 and not self.closed:
+        if self.closed:
+            return
+        if msg_id == self.last_id + 1:
             self.last_id = msg_id
-            if self.frames is not None:
-                frame, send = self.frames
-                if send(frame(payload)):
-                    return
-            await self.send(text_data=payload)
+            await self._send_text(payload)
+        if client_msg_id is not None:
+            await self._send_text(protocol.ack(client_msg_id, msg_id))
+
+    async def _send_text(self, text: str):
+        """One text frame, through the server's raw-frame fast path when it offers one."""
+        if self.frames is not None:
+            frame, send = self.frames
+            if send(frame(text)):
+                return
+        await self.send(text_data=text)
 
     async def not_stored(self):
         self._landed()

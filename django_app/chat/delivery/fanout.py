@@ -142,9 +142,9 @@ class Room:
         self.catch_up = True
         self.wake.set()
 
-    def submit(self, consumer, user_id, username: str, text: str) -> bool:
+    def submit(self, consumer, user_id, username: str, text: str, client_msg_id=None) -> bool:
         """Hand a sender's message to this worker's Writer; False when the room is overloaded."""
-        return writer().submit(self, consumer, user_id, username, text)
+        return writer().submit(self, consumer, user_id, username, text, client_msg_id)
 
     async def ready(self):
         try:
