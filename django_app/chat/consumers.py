@@ -134,12 +134,15 @@ class ChatConsumer(AsyncWebsocketConsumer):
         except Exception:
             logger.exception("ws handler %s failed room=%s", message.get("type"), self.room)
 
-    async def _refuse(self, code: int, reason: str):
-        """Accept then close so browsers see the close code (a rejected handshake hides it)."""
+    async def _refuse(self, code: int, reason: str, frame: str | None = None):
+        """Accept then close so browsers see the close code (a rejected handshake hides it);
+        `frame`, when given, is sent first (e.g. the retry hint of a 1013)."""
         logger.info("ws refused code=%s reason=%s path=%r", code, reason, self.scope.get("path"))
         registry.refusals[f"close {code} {reason.split(':')[0]}"] += 1
         self.closed = True
         await self.accept()
+        if frame is not None:
+            await self.send(text_data=frame)
         await self.close(code=code)
 
     async def connect(self):
@@ -167,11 +170,19 @@ class ChatConsumer(AsyncWebsocketConsumer):
         self.violations = 0
         hub = fanout.room(self.room)
         try:
-            history, position = await hub.snapshot(after)
-        except Exception:
+            # Bounded: a frozen Redis (the room's first SUBSCRIBE) or a Postgres that is
+            # down (history of a room this worker has not cached) gets a fast, defined
+            # answer, long before daphne's handshake timeout (WS_CONNECT_TIMEOUT + 2 s)
+            # or the pool's DB_POOL_TIMEOUT. Rooms served from the cache need neither.
+            history, position = await asyncio.wait_for(hub.snapshot(after), settings.WS_CONNECT_TIMEOUT)
+        except Exception as exc:
             hub.release()
-            logger.exception("ws connect failed (Redis or Postgres) room=%s", self.room)
-            return await self._refuse(protocol.CLOSE_OVERLOADED, "backend unavailable")
+            why = "timed out" if isinstance(exc, asyncio.TimeoutError) else f"{type(exc).__name__}: {exc}"[:200]
+            logger.warning("ws connect: backends unavailable room=%s (%s)", self.room, why)
+            retry = protocol.RETRY_AFTER_SECONDS
+            return await self._refuse(
+                protocol.CLOSE_OVERLOADED, "backend unavailable",
+                protocol.error(protocol.ERR_UNAVAILABLE, f"backends unavailable; retry in {retry} s", retry))
         self.hub = hub
         try:
             await self.accept()

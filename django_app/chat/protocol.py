@@ -69,8 +69,16 @@ def welcome(worker, user, room, history_texts, last_id) -> str:
     return head[:-1] + ',"history":[' + ",".join(history_texts) + "]}"
 
 
-def error(code: str, detail: str) -> str:
-    return dumps({"type": ERROR, "code": code, "detail": detail})
+# The retry hint of a connect refused because a backend is unavailable (chat.error
+# "unavailable" with "retry_after", then close 1013): clients wait at least this long.
+RETRY_AFTER_SECONDS = 2
+
+
+def error(code: str, detail: str, retry_after: int | None = None) -> str:
+    body = {"type": ERROR, "code": code, "detail": detail}
+    if retry_after is not None:
+        body["retry_after"] = retry_after
+    return dumps(body)
 
 
 def ack(client_msg_id: str, msg_id: int) -> str:

@@ -11,6 +11,7 @@ DEFAULTS = {
     "WS_MAX_SEND_BUFFER_BYTES": 1048576,  # unsent bytes per socket before it is shed (1013)
     "WS_EVENT_LOOP": "uvloop",  # uvloop or asyncio
     "WS_GC_THRESHOLD": 10000,  # allocations between young-generation collections
+    "WS_LOOP_STALL_SECONDS": 10.0,  # event loop blocked this long: exit (watchdog); 0 = off
 }
 
 

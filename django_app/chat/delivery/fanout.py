@@ -27,8 +27,10 @@ import time
 import weakref
 from collections import deque
 
+import psycopg
 from channels.db import database_sync_to_async
 from channels.layers import get_channel_layer
+from django import db as django_db
 from django.conf import settings
 
 from wsworker import layerwatch, registry as worker
@@ -53,6 +55,11 @@ QUIET_CHECK_SECONDS = quiet.QUIET_CHECK_SECONDS
 # Most messages handed to the sockets in one go (one write per socket): bounds the
 # write size and how long one room holds the loop.
 RUN_MAX = 64
+# A gap fill that fails because Postgres is unavailable is retried with exponential
+# backoff (seconds); the room's sockets stay open meanwhile.
+DB_ERRORS = (django_db.Error, psycopg.Error)
+DB_RETRY_BASE = 0.5
+DB_RETRY_CAP = 5.0
 
 
 def group_name(room: str) -> str:
@@ -174,18 +181,24 @@ class Room:
             del registry[self.name]
 
     async def _close(self):
-        for task in (self.deliverer, self.receiver):
-            if task is not None and task is not asyncio.current_task():
-                task.cancel()
+        self._cancel_tasks()
         try:
+            # A start still waiting on a frozen Redis finishes when it thaws; the
+            # connects that waited for it were already refused (WS_CONNECT_TIMEOUT).
             await self.started
         except BaseException:
             return
+        self._cancel_tasks()  # the ones the start created after the first cancel
         if self.channel is not None:
             try:
                 await get_channel_layer().group_discard(self.group, self.channel)
             except Exception:
                 logger.warning("room %s: group_discard failed", self.name, exc_info=True)
+
+    def _cancel_tasks(self):
+        for task in (self.deliverer, self.receiver):
+            if task is not None and task is not asyncio.current_task():
+                task.cancel()
 
     async def fail(self):
         """Delivery cannot continue in order: close the sockets; they resume from their last id."""
@@ -285,6 +298,7 @@ class Room:
 
     async def _deliver_loop(self):
         wait_s = settings.CHAT_REORDER_WAIT_MS / 1000
+        failures = 0
         while True:
             if not self.pending and not self.catch_up:
                 self.wake.clear()
@@ -322,10 +336,21 @@ class Room:
                 await self._fill_from_db(min(self.pending) - 1)
             except asyncio.CancelledError:
                 raise
+            except DB_ERRORS as exc:
+                # Postgres is down or slow: the sockets stay open and wait; this Room
+                # reads what it misses once Postgres answers (backoff, capped).
+                failures += 1
+                delay = min(DB_RETRY_CAP, DB_RETRY_BASE * 2 ** min(failures - 1, 10))
+                logger.warning("room %s: reading ids after %s failed (%s); retrying in %.1fs",
+                               self.name, self.position, type(exc).__name__, delay)
+                self.catch_up = True
+                await asyncio.sleep(delay)
+                continue
             except Exception:
                 logger.exception("room %s: delivery failed at id %s; closing its sockets", self.name, self.position)
                 await self.fail()
                 return
+            failures = 0
 
     async def _fill_from_db(self, upto):
         """Deliver stored ids position+1..upto (or everything newer when upto is None)."""

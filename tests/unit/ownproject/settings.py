@@ -8,6 +8,9 @@ INSTALLED_APPS = ["channels"]
 ASGI_APPLICATION = "ownproject.asgi.application"
 # No channel layer: the worker's Redis watcher and /readyz check simply do not apply.
 CHANNEL_LAYERS = {}
-# The one wsworker setting this project sets; the others take wsworker.conf's defaults.
+# The wsworker settings this project sets; the others take wsworker.conf's defaults.
 WS_DRAIN_SECONDS = float(os.environ.get("WS_DRAIN_SECONDS", "3"))
+# Set by tests/unit/test_wsworker_watchdog.py only; otherwise wsworker.conf's default.
+if "WS_LOOP_STALL_SECONDS" in os.environ:
+    WS_LOOP_STALL_SECONDS = float(os.environ["WS_LOOP_STALL_SECONDS"])
 USE_TZ = True
