@@ -133,7 +133,7 @@ class ChatClient:
         token: str | None = None,
         after: int | None = None,
         backoff: Backoff = Backoff(),
-        open_timeout: float = 10.0,
+        open_timeout: float = 5.0,  # connect + welcome; above the server's WS_CONNECT_TIMEOUT (3 s)
         ping_interval: float | None = 20.0,
         ping_timeout: float | None = 20.0,
         origin: str | None = None,
