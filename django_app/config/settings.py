@@ -114,6 +114,11 @@ else:
 _db["ENGINE"] = "django.db.backends.postgresql"
 # The pool owns connection reuse; Django requires CONN_MAX_AGE=0 with it.
 _db["CONN_MAX_AGE"] = 0
+# With the pool this makes Django pass ConnectionPool.check_connection (one empty
+# query per checkout): after Postgres restarted or dropped the app's connections,
+# the pool hands out a live connection instead of each dead one in turn (one failed
+# request, message or gap fill per pooled connection).
+_db["CONN_HEALTH_CHECKS"] = True
 _db["OPTIONS"] = {**_db.get("OPTIONS", {}), "pool": _pool}
 DATABASES = {"default": _db}
 

@@ -16,6 +16,8 @@ room per worker instead of once per socket:
 - Redis restarts. wsworker.layerwatch runs resubscribe_all() (registered in
   chat/apps.py): each Room subscribes on
   the new connection and reads what it missed from Postgres. Sockets stay open.
+- Postgres outages. A gap fill that cannot reach Postgres is retried with
+  backoff (DB_RETRY_*); the room's sockets stay open and catch up when it answers.
 
 Invariant per socket: it has received exactly the ids <= consumer.last_id,
 in order. Everything below keeps it.
@@ -57,7 +59,9 @@ QUIET_CHECK_SECONDS = quiet.QUIET_CHECK_SECONDS
 RUN_MAX = 64
 # A gap fill that fails because Postgres is unavailable is retried with exponential
 # backoff (seconds); the room's sockets stay open meanwhile.
-DB_ERRORS = (django_db.Error, psycopg.Error)
+# Connection-level errors only (down, refused, pool timeout, connection lost): a
+# broken query would fail the same way again, and still closes the sockets.
+DB_ERRORS = (django_db.OperationalError, django_db.InterfaceError, psycopg.OperationalError, psycopg.InterfaceError)
 DB_RETRY_BASE = 0.5
 DB_RETRY_CAP = 5.0
 
@@ -341,8 +345,8 @@ class Room:
                 # reads what it misses once Postgres answers (backoff, capped).
                 failures += 1
                 delay = min(DB_RETRY_CAP, DB_RETRY_BASE * 2 ** min(failures - 1, 10))
-                logger.warning("room %s: reading ids after %s failed (%s); retrying in %.1fs",
-                               self.name, self.position, type(exc).__name__, delay)
+                logger.warning("room %s: reading ids after %s failed (%s: %s); retrying in %.1fs",
+                               self.name, self.position, type(exc).__name__, str(exc).strip()[:120], delay)
                 self.catch_up = True
                 await asyncio.sleep(delay)
                 continue
