@@ -161,7 +161,11 @@ class Room:
         try:
             await asyncio.shield(self.started)
         except Exception:
-            self._discard()
+            if not self.closed:
+                # The start failed (e.g. Postgres down after the SUBSCRIBE): give the
+                # subscription back, or its receiver would outlive the Room.
+                self._discard()
+                asyncio.ensure_future(self._close())
             raise
 
     def leave(self, consumer):
@@ -186,13 +190,11 @@ class Room:
 
     async def _close(self):
         self._cancel_tasks()
-        try:
-            # A start still waiting on a frozen Redis finishes when it thaws; the
-            # connects that waited for it were already refused (WS_CONNECT_TIMEOUT).
-            await self.started
-        except BaseException:
-            return
-        self._cancel_tasks()  # the ones the start created after the first cancel
+        # A start still waiting on a frozen Redis finishes when it thaws (the connects
+        # that waited for it were already refused: WS_CONNECT_TIMEOUT); one that failed
+        # may have subscribed first. Either way: cancel what it created, unsubscribe.
+        await asyncio.wait([self.started])
+        self._cancel_tasks()
         if self.channel is not None:
             try:
                 await get_channel_layer().group_discard(self.group, self.channel)
