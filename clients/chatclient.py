@@ -11,6 +11,17 @@ Close-code policy (the contract's table):
   * 4400/4401/4403/4404 (policy)      -> stop; retrying cannot help.
   * 1013/4429 and anything abnormal   -> reconnect with exponential backoff + full jitter.
 Reconnects are bounded: ``Backoff.max_attempts`` consecutive failures stop the client.
+
+Idempotent sends: every ``send()`` carries a random ``client_msg_id`` (a UUID); the
+server stores it once per room and answers ``chat.ack`` with the id (the original
+one for a resend). So a message not acknowledged when the socket dropped is simply
+sent again, with the same id, after the reconnect: never stored twice.
+
+Heartbeat: every ``heartbeat`` seconds (HEARTBEAT_SECONDS) the client sends
+``{"type": "ping"}``; when nothing at all (no pong, no message) arrived for two
+intervals the worker is presumed hung: the socket is dropped and the client
+reconnects (backoff + resume), through nginx to a worker that answers. A connect
+that gets no welcome within ``open_timeout`` is abandoned and retried the same way.
 """
 
 from __future__ import annotations
@@ -22,6 +33,7 @@ import json
 import logging
 import random
 import time
+import uuid
 from dataclasses import dataclass
 from typing import Any, Callable
 from urllib.parse import parse_qsl, urlencode, urlsplit, urlunsplit
@@ -35,6 +47,8 @@ STOP_CODES = frozenset({4400, 4401, 4403, 4404})
 RECONNECT_NOW_CODES = frozenset({1012})
 # chat.error codes after which resending the same text later can succeed.
 RETRYABLE_ERRORS = frozenset({"unavailable", "rate_limited"})
+# Application heartbeat: a ping every this many seconds; two intervals of silence = hung worker.
+HEARTBEAT_SECONDS = 10.0
 
 
 class State(str, enum.Enum):
@@ -119,7 +133,7 @@ class ChatClient:
         token: str | None = None,
         after: int | None = None,
         backoff: Backoff = Backoff(),
-        open_timeout: float = 10.0,
+        open_timeout: float = 5.0,  # connect + welcome; above the server's WS_CONNECT_TIMEOUT (3 s)
         ping_interval: float | None = 20.0,
         ping_timeout: float | None = 20.0,
         origin: str | None = None,
@@ -127,6 +141,7 @@ class ChatClient:
         keep_messages: bool = True,
         on_message: Callable[[dict], None] | None = None,
         local_addr: tuple[str, int] | None = None,
+        heartbeat: float | None = HEARTBEAT_SECONDS,
     ):
         self.url = url
         self.token = token
@@ -135,7 +150,8 @@ class ChatClient:
         self.ping_interval = ping_interval
         self.ping_timeout = ping_timeout
         self.origin = origin
-        self.resend_grace = resend_grace
+        self.resend_grace = resend_grace  # only for send(..., client_id=False)
+        self.heartbeat = heartbeat
         self.keep_messages = keep_messages
         self.on_message = on_message
         # Source address: spreading many sockets over 127.0.0.x keeps each under
@@ -156,6 +172,10 @@ class ChatClient:
         self.worker: str | None = None
         self.user: str | None = None
         self.stop_reason: str | None = None
+        self.heartbeat_drops = 0  # sockets dropped because the worker stopped answering
+        self.acks: dict[str, int] = {}  # client_msg_id -> id, from chat.ack
+        self.retry_after: float = 0.0  # the server's hint with its last refusal
+        self._last_rx = 0.0
 
         self._ws = None
         self._task: asyncio.Task | None = None
@@ -163,7 +183,7 @@ class ChatClient:
         self._opened_this_round = False
         self._changed = asyncio.Condition()
         self._conn_lost: asyncio.Future | None = None
-        self._waiters: dict[str, asyncio.Future] = {}
+        self._waiters: dict[str, asyncio.Future] = {}  # by text (echo) and by client_msg_id (ack)
         self._error_fut: asyncio.Future | None = None
         self._send_lock = asyncio.Lock()
         self._catching_up: Outage | None = None
@@ -222,28 +242,36 @@ class ChatClient:
             raise ClientStopped(self.stop_reason)
 
     # --- sending --------------------------------------------------------------
-    async def send(self, text: str, *, timeout: float = 30.0, wait: bool = True) -> int | None:
-        """Send ``text`` and return its id once it comes back (the ack).
+    async def send(self, text: str, *, timeout: float = 30.0, wait: bool = True,
+                   client_id: bool | str = True) -> int | None:
+        """Send ``text`` and return its id once it is acknowledged.
 
-        ``text`` must be unique for this client: it is how the echo is matched.
-        Retries across disconnects (after checking the resume did not already
-        bring it back, so nothing is stored twice) and on retryable chat.error
-        codes, until ``timeout``; bad input raises ChatError at once.
+        With a client id (the default: a fresh UUID, or the string given) the ack
+        is the server's ``chat.ack``, and a send cut by a disconnect is resent
+        after the reconnect with the same id: the server stores it once.
+        ``client_id=False`` sends the legacy frame: the echo of ``text`` (which
+        must then be unique for this client) is the ack, and a resend waits for
+        the resume (plus ``resend_grace``) to bring it back first.
+        Retries on retryable chat.error codes until ``timeout``; bad input raises
+        ChatError at once.
         """
         loop = asyncio.get_running_loop()
         deadline = loop.time() + timeout
+        cid = (uuid.uuid4().hex if client_id is True else client_id) or None
         async with self._send_lock:
             ack = loop.create_future()
-            self._waiters[text] = ack
+            self._waiters[cid or text] = ack
             try:
-                return await self._send_until_acked(text, ack, deadline, wait)
+                return await self._send_until_acked(text, cid, ack, deadline, wait)
             finally:
-                self._waiters.pop(text, None)
+                self._waiters.pop(cid or text, None)
                 self._error_fut = None
 
-    async def _send_until_acked(self, text: str, ack: asyncio.Future, deadline: float, wait: bool) -> int | None:
+    async def _send_until_acked(self, text: str, cid: str | None, ack: asyncio.Future, deadline: float,
+                                wait: bool) -> int | None:
         loop = asyncio.get_running_loop()
-        frame = json.dumps({"message": text})
+        frame = json.dumps({"message": text, "client_msg_id": cid} if cid else {"message": text})
+        grace = 0.0 if cid else self.resend_grace
         retries = 0
         while True:
             remaining = deadline - loop.time()
@@ -259,7 +287,7 @@ class ChatClient:
             try:
                 await ws.send(frame)
             except ConnectionClosed:
-                await self._wait_reopen_or_ack(ack, lost, deadline)
+                await self._wait_reopen_or_ack(ack, lost, deadline, grace)
                 continue
             if not wait:
                 return None
@@ -277,18 +305,20 @@ class ChatClient:
                 await asyncio.sleep(min(self.backoff.delay(retries), max(0.0, deadline - loop.time())))
                 continue
             if lost in done:
-                await self._wait_reopen_or_ack(ack, lost, deadline)
+                await self._wait_reopen_or_ack(ack, lost, deadline, grace)
                 continue
             raise TimeoutError(f"no ack for {text!r}")
 
-    async def _wait_reopen_or_ack(self, ack: asyncio.Future, lost: asyncio.Future, deadline: float) -> None:
-        """After a drop, let the resume (and a short live grace) bring the text back
-        before resending: a worker may have stored it just before dying."""
+    async def _wait_reopen_or_ack(self, ack: asyncio.Future, lost: asyncio.Future, deadline: float,
+                                  grace: float) -> None:
+        """After a drop, wait for the next open. Without a client id, also let the
+        resume (and a short live grace) bring the text back before resending: a
+        worker may have stored it just before dying."""
         loop = asyncio.get_running_loop()
         await self.wait_open(max(0.0, deadline - loop.time()))
-        if not ack.done():
+        if not ack.done() and grace > 0:
             with contextlib.suppress(asyncio.TimeoutError):
-                await asyncio.wait_for(asyncio.shield(ack), min(self.resend_grace, max(0.0, deadline - loop.time())))
+                await asyncio.wait_for(asyncio.shield(ack), min(grace, max(0.0, deadline - loop.time())))
 
     # --- connection loop ------------------------------------------------------
     async def _set_state(self, state: State, reason: str | None = None) -> None:
@@ -323,6 +353,8 @@ class ChatClient:
                     return
                 await self._set_state(State.RECONNECTING, f"closed {code}")
                 delay = 0.0 if (code in RECONNECT_NOW_CODES and attempt == 0) else self.backoff.delay(attempt)
+                if self.retry_after:  # the server's hint with a refusal (close 1013)
+                    delay, self.retry_after = max(delay, self.retry_after * random.uniform(1.0, 1.5)), 0.0
                 attempt += 1
                 if outage is not None:
                     outage.attempts = attempt
@@ -355,17 +387,30 @@ class ChatClient:
                 **self._connect_extra,
             ) as ws:
                 welcome = json.loads(await asyncio.wait_for(ws.recv(), self.open_timeout))
+                if welcome.get("type") == "chat.error":
+                    # A refusal with a reason (backends unavailable): the close follows.
+                    self.errors.append(welcome)
+                    self.retry_after = float(welcome.get("retry_after") or 0)
+                    await asyncio.wait_for(ws.wait_closed(), self.open_timeout)
+                    return ws.close_code, None, False
                 if welcome.get("type") != "chat.welcome":
                     return None, f"first frame is not chat.welcome: {welcome.get('type')!r}", False
                 self._ws = ws
                 self._conn_lost = loop.create_future()
                 self._opened_this_round = True
+                self._last_rx = loop.time()
                 resume_now = await self._on_welcome(welcome, outage)
                 if resume_now:
                     await ws.close(1000, "resume continues")
                 else:
-                    async for raw in ws:
-                        await self._on_frame(raw)
+                    beat = asyncio.create_task(self._heartbeat(ws)) if self.heartbeat else None
+                    try:
+                        async for raw in ws:
+                            self._last_rx = loop.time()
+                            await self._on_frame(raw)
+                    finally:
+                        if beat is not None:
+                            beat.cancel()
         except InvalidStatus as exc:
             status = exc.response.status_code
             if 400 <= status < 500 and status not in (408, 429):
@@ -383,6 +428,25 @@ class ChatClient:
         if code in STOP_CODES:
             return code, f"closed by server with policy code {code}", False
         return code, None, resume_now
+
+    async def _heartbeat(self, ws) -> None:
+        """Ping every interval; drop the socket after two intervals without any frame."""
+        loop = asyncio.get_running_loop()
+        interval = self.heartbeat
+        next_ping = loop.time() + interval
+        while True:
+            silent_until = self._last_rx + 2 * interval
+            await asyncio.sleep(max(0.0, min(next_ping, silent_until) - loop.time()))
+            now = loop.time()
+            if now >= self._last_rx + 2 * interval:
+                self.heartbeat_drops += 1
+                log.info("%s: no frame for %.1fs (heartbeat): dropping the socket", self.url, now - self._last_rx)
+                ws.transport.abort()  # a hung worker would never answer a close handshake
+                return
+            if now >= next_ping:
+                next_ping = now + interval
+                with contextlib.suppress(ConnectionClosed):
+                    await ws.send('{"type":"ping"}')
 
     async def _on_welcome(self, welcome: dict, outage: Outage | None) -> bool:
         """Apply the welcome; returns True when the resume was capped and must continue."""
@@ -417,6 +481,13 @@ class ChatClient:
         kind = frame.get("type")
         if kind == "chat.message":
             self._accept(frame)
+        elif kind == "chat.ack":
+            cid, mid = frame.get("client_msg_id"), frame.get("id")
+            if isinstance(cid, str) and isinstance(mid, int):
+                self.acks[cid] = mid
+                waiter = self._waiters.get(cid)
+                if waiter is not None and not waiter.done():
+                    waiter.set_result(mid)
         elif kind == "chat.error":
             self.errors.append(frame)
             if self._error_fut is not None and not self._error_fut.done():

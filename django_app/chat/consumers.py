@@ -134,12 +134,15 @@ class ChatConsumer(AsyncWebsocketConsumer):
         except Exception:
             logger.exception("ws handler %s failed room=%s", message.get("type"), self.room)
 
-    async def _refuse(self, code: int, reason: str):
-        """Accept then close so browsers see the close code (a rejected handshake hides it)."""
+    async def _refuse(self, code: int, reason: str, frame: str | None = None):
+        """Accept then close so browsers see the close code (a rejected handshake hides it);
+        `frame`, when given, is sent first (e.g. the retry hint of a 1013)."""
         logger.info("ws refused code=%s reason=%s path=%r", code, reason, self.scope.get("path"))
         registry.refusals[f"close {code} {reason.split(':')[0]}"] += 1
         self.closed = True
         await self.accept()
+        if frame is not None:
+            await self.send(text_data=frame)
         await self.close(code=code)
 
     async def connect(self):
@@ -167,11 +170,19 @@ class ChatConsumer(AsyncWebsocketConsumer):
         self.violations = 0
         hub = fanout.room(self.room)
         try:
-            history, position = await hub.snapshot(after)
-        except Exception:
+            # Bounded: a frozen Redis (the room's first SUBSCRIBE) or a Postgres that is
+            # down (history of a room this worker has not cached) gets a fast, defined
+            # answer, long before daphne's handshake timeout (WS_CONNECT_TIMEOUT + 2 s)
+            # or the pool's DB_POOL_TIMEOUT. Rooms served from the cache need neither.
+            history, position = await asyncio.wait_for(hub.snapshot(after), settings.WS_CONNECT_TIMEOUT)
+        except Exception as exc:
             hub.release()
-            logger.exception("ws connect failed (Redis or Postgres) room=%s", self.room)
-            return await self._refuse(protocol.CLOSE_OVERLOADED, "backend unavailable")
+            why = "timed out" if isinstance(exc, asyncio.TimeoutError) else f"{type(exc).__name__}: {exc}"[:200]
+            logger.warning("ws connect: backends unavailable room=%s (%s)", self.room, why)
+            retry = protocol.RETRY_AFTER_SECONDS
+            return await self._refuse(
+                protocol.CLOSE_OVERLOADED, "backend unavailable",
+                protocol.error(protocol.ERR_UNAVAILABLE, f"backends unavailable; retry in {retry} s", retry))
         self.hub = hub
         try:
             await self.accept()
@@ -232,6 +243,12 @@ class ChatConsumer(AsyncWebsocketConsumer):
             return await self._error(protocol.ERR_BAD_JSON, "frame is not valid JSON")
         if not isinstance(data, dict):
             return await self._error(protocol.ERR_BAD_TYPE, 'expected a JSON object {"message": "..."}')
+        if data.get("type") == protocol.PING:
+            return await self._send_text(protocol.PONG_FRAME)
+        client_msg_id = data.get("client_msg_id")
+        if client_msg_id is not None or "client_msg_id" in data:
+            if not protocol.valid_client_id(client_msg_id):
+                return await self._error(protocol.ERR_BAD_TYPE, 'field "client_msg_id" must be 1..64 of [A-Za-z0-9_-]')
         if "message" not in data:
             return await self._error(protocol.ERR_MISSING_FIELD, 'field "message" is required')
         text = data["message"]
@@ -245,21 +262,30 @@ class ChatConsumer(AsyncWebsocketConsumer):
             return await self._error(protocol.ERR_TOO_LONG, f"message longer than {limit} characters")
         if "\x00" in text or not _storable(text):
             return await self._error(protocol.ERR_BAD_TYPE, "message contains NUL or unpaired surrogate characters")
-        if not self.hub.submit(self, self.user_id, self.username, text):
+        if not self.hub.submit(self, self.user_id, self.username, text, client_msg_id):
             return await self._error(protocol.ERR_UNAVAILABLE, "server busy: message not stored; try again later")
         self.in_flight += 1
 
-    async def stored(self, msg_id: int, payload: str):
-        """The Writer stored our message: acknowledge it if it is next in our sequence
-        (the Room then skips it for this socket, id <= last_id)."""
+    async def stored(self, msg_id: int, payload: str, client_msg_id=None):
+        """The Writer stored our message (or found it stored: a resend): send it now if
+        it is next in our sequence (the Room then skips it for this socket, id <=
+        last_id), then the chat.ack when the message carried a client id."""
         self._landed()
-        if msg_id == self.last_id + 1 and not self.closed:
+        if self.closed:
+            return
+        if msg_id == self.last_id + 1:
             self.last_id = msg_id
-            if self.frames is not None:
-                frame, send = self.frames
-                if send(frame(payload)):
-                    return
-            await self.send(text_data=payload)
+            await self._send_text(payload)
+        if client_msg_id is not None:
+            await self._send_text(protocol.ack(client_msg_id, msg_id))
+
+    async def _send_text(self, text: str):
+        """One text frame, through the server's raw-frame fast path when it offers one."""
+        if self.frames is not None:
+            frame, send = self.frames
+            if send(frame(text)):
+                return
+        await self.send(text_data=text)
 
     async def not_stored(self):
         self._landed()

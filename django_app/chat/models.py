@@ -24,10 +24,17 @@ class Message(models.Model):
     username = models.CharField(max_length=150)
     body = models.TextField()
     created_at = models.DateTimeField(auto_now_add=True)
+    # The sender's own id for the message (idempotent resend, chat.protocol.CLIENT_ID_RE):
+    # stored once per room. Never shown to other clients.
+    client_msg_id = models.CharField(max_length=64, null=True, blank=True)
 
     class Meta:
         constraints = [
-            models.UniqueConstraint(fields=["room", "seq"], name="chat_message_room_seq")
+            models.UniqueConstraint(fields=["room", "seq"], name="chat_message_room_seq"),
+            models.UniqueConstraint(
+                fields=["room", "client_msg_id"], condition=models.Q(client_msg_id__isnull=False),
+                name="chat_message_room_client_id",
+            ),
         ]
 
     def __str__(self):

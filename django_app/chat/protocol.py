@@ -7,6 +7,10 @@ import json
 import re
 
 ROOM_RE = re.compile(r"^[A-Za-z0-9_-]{1,64}$")
+# A client's own message id (idempotent resend): ASCII letters, digits, _ and -,
+# 1..64 characters. Clients should send a random UUID: the id is the only proof
+# of "same message", it is never shown to other clients, and it is unique per room.
+CLIENT_ID_RE = re.compile(r"[A-Za-z0-9_-]{1,64}", re.ASCII)
 
 # Close codes (application range 4000-4999 mirrors HTTP statuses for readability).
 CLOSE_BAD_ROOM = 4400
@@ -29,10 +33,18 @@ ERR_UNAVAILABLE = "unavailable"
 MESSAGE = "chat.message"
 WELCOME = "chat.welcome"
 ERROR = "chat.error"
+ACK = "chat.ack"  # to the sender of a message that carried a client_msg_id
+PING = "ping"  # application heartbeat, client -> server
+PONG = "pong"  # its answer; browsers cannot see WebSocket-level pings
+PONG_FRAME = '{"type":"pong"}'
 
 
 def valid_room(name: str) -> bool:
     return bool(ROOM_RE.fullmatch(name or ""))
+
+
+def valid_client_id(value) -> bool:
+    return isinstance(value, str) and bool(CLIENT_ID_RE.fullmatch(value))
 
 
 def dumps(obj) -> str:
@@ -57,5 +69,17 @@ def welcome(worker, user, room, history_texts, last_id) -> str:
     return head[:-1] + ',"history":[' + ",".join(history_texts) + "]}"
 
 
-def error(code: str, detail: str) -> str:
-    return dumps({"type": ERROR, "code": code, "detail": detail})
+# The retry hint of a connect refused because a backend is unavailable (chat.error
+# "unavailable" with "retry_after", then close 1013): clients wait at least this long.
+RETRY_AFTER_SECONDS = 2
+
+
+def error(code: str, detail: str, retry_after: int | None = None) -> str:
+    body = {"type": ERROR, "code": code, "detail": detail}
+    if retry_after is not None:
+        body["retry_after"] = retry_after
+    return dumps(body)
+
+
+def ack(client_msg_id: str, msg_id: int) -> str:
+    return dumps({"type": ACK, "client_msg_id": client_msg_id, "id": msg_id})

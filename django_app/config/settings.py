@@ -114,6 +114,11 @@ else:
 _db["ENGINE"] = "django.db.backends.postgresql"
 # The pool owns connection reuse; Django requires CONN_MAX_AGE=0 with it.
 _db["CONN_MAX_AGE"] = 0
+# With the pool this makes Django pass ConnectionPool.check_connection (one empty
+# query per checkout): after Postgres restarted or dropped the app's connections,
+# the pool hands out a live connection instead of each dead one in turn (one failed
+# request, message or gap fill per pooled connection).
+_db["CONN_HEALTH_CHECKS"] = True
 _db["OPTIONS"] = {**_db.get("OPTIONS", {}), "pool": _pool}
 DATABASES = {"default": _db}
 
@@ -173,6 +178,9 @@ CHAT_RATE_PER_SEC = env.float("CHAT_RATE_PER_SEC", default=5)
 CHAT_RATE_BURST = env.int("CHAT_RATE_BURST", default=20)
 CHAT_RATE_MAX_VIOLATIONS = env.int("CHAT_RATE_MAX_VIOLATIONS", default=20)
 TOKEN_TTL_HOURS = env.int("TOKEN_TTL_HOURS", default=720)
+WS_CONNECT_TIMEOUT = env.int("WS_CONNECT_TIMEOUT", default=3)
+if WS_CONNECT_TIMEOUT < 1:
+    raise ImproperlyConfigured(f"WS_CONNECT_TIMEOUT must be at least 1 (whole seconds), not {WS_CONNECT_TIMEOUT}")
 WS_PING_INTERVAL = env.int("WS_PING_INTERVAL", default=20)
 WS_PING_TIMEOUT = env.int("WS_PING_TIMEOUT", default=30)
 WS_MAX_MESSAGE_BYTES = env.int("WS_MAX_MESSAGE_BYTES", default=65536)
@@ -182,6 +190,9 @@ WS_APP_CLOSE_TIMEOUT = env.int("WS_APP_CLOSE_TIMEOUT", default=10)
 WS_EVENT_LOOP = env.str("WS_EVENT_LOOP", default="uvloop")
 if WS_EVENT_LOOP not in ("uvloop", "asyncio"):
     raise ImproperlyConfigured(f"WS_EVENT_LOOP must be uvloop or asyncio, not {WS_EVENT_LOOP!r}")
+WS_LOOP_STALL_SECONDS = env.float("WS_LOOP_STALL_SECONDS", default=10)
+if WS_LOOP_STALL_SECONDS < 0:
+    raise ImproperlyConfigured(f"WS_LOOP_STALL_SECONDS must be 0 (off) or more, not {WS_LOOP_STALL_SECONDS}")
 WS_GC_THRESHOLD = env.int("WS_GC_THRESHOLD", default=10000)
 if WS_GC_THRESHOLD < 700:
     raise ImproperlyConfigured(f"WS_GC_THRESHOLD must be at least 700 (CPython's default), not {WS_GC_THRESHOLD}")

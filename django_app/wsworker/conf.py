@@ -13,6 +13,7 @@ DEFAULTS = {
     "WS_GC_THRESHOLD": 10000,  # allocations between young-generation collections
     "WS_METRICS_PORT": 0,  # Prometheus /metrics on this port (0: off); never the WebSocket port
     "BIND_HOST": "127.0.0.1",  # the interface the metrics port listens on
+    "WS_LOOP_STALL_SECONDS": 10.0,  # event loop blocked this long: exit (watchdog); 0 = off
 }
 
 

@@ -2,7 +2,8 @@
 
 - startup (`_startup`, once the reactor runs): our WebSocket protocol and its
   shared options, SIGTERM/SIGINT handlers, slow-client shedding, the Redis
-  channel-layer watcher, GC tuning, the metrics port and event-loop lag watch;
+  channel-layer watcher, GC tuning, the metrics port and event-loop lag watch,
+  the event-loop stall watchdog;
 - main loop: daphne's reactor; each connection gets an Inbox and, for a
   WebSocket, the frames extension in its scope (`create_application`);
 - shutdown (`_on_signal`): the drain (wsworker.drain), then stop. A second
@@ -20,7 +21,7 @@ from daphne.cli import CommandLineInterface
 from daphne.server import Server
 from twisted.internet import reactor
 
-from . import conf, drain, gctune, layerwatch, metrics, shedding
+from . import conf, drain, gctune, layerwatch, metrics, shedding, watchdog
 from .frames import SCOPE_FRAMES, frame_text
 from .inbox import Inbox
 from .protocol import WorkerWebSocketProtocol, share_protocol_options
@@ -61,6 +62,7 @@ class WorkerServer(Server):
         loop.call_soon(layerwatch.ensure_started)
         gctune.tune()
         self._start_metrics()
+        watchdog.start(loop, conf.get("WS_LOOP_STALL_SECONDS"))
 
     def _start_metrics(self):
         port = int(conf.get("WS_METRICS_PORT") or 0)

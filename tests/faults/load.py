@@ -43,15 +43,17 @@ class Verdict:
     catch_up: float | None = None
     errors: Counter = field(default_factory=Counter)
     problems: list[str] = field(default_factory=list)
+    extra: str = ""  # what this fault measures beyond the common columns
 
     def row(self) -> list[str]:
         fmt = lambda v: "-" if v is None else f"{v:.2f}s"  # noqa: E731
         errs = ",".join(f"{k}:{v}" for k, v in sorted(self.errors.items())) or "-"
         return [self.fault, str(self.sent), str(self.lost), str(self.duplicated),
-                str(self.reconnects), fmt(self.p99_reconnect), fmt(self.catch_up), errs]
+                str(self.reconnects), fmt(self.p99_reconnect), fmt(self.catch_up), errs, self.extra or "-"]
 
 
-HEADER = ["fault", "messages sent", "lost", "duplicated", "reconnects", "p99 reconnect", "time to catch up", "chat.error"]
+HEADER = ["fault", "messages sent", "lost", "duplicated", "reconnects", "p99 reconnect", "time to catch up",
+          "chat.error", "fault-specific"]
 
 
 class RoomLoad:
@@ -68,6 +70,7 @@ class RoomLoad:
         }
         self.sent: dict[str, list[str]] = {room: [] for room in rooms}  # texts attempted
         self.acked = 0
+        self.ack_times: list[tuple[float, float]] = []  # (monotonic send start, seconds to ack)
         self.failed: list[str] = []
         self._stop = asyncio.Event()
         self._senders: list[asyncio.Task] = []
@@ -91,9 +94,11 @@ class RoomLoad:
             text = f"{room}-{idx}-{n}"
             n += 1
             self.sent[room].append(text)
+            started = time.monotonic()
             try:
                 await client.send(text, timeout=self.send_timeout)
                 self.acked += 1
+                self.ack_times.append((started, time.monotonic() - started))
             except (TimeoutError, asyncio.TimeoutError, ClientStopped):
                 self.failed.append(text)
             next_at = max(next_at + period, time.monotonic())

@@ -107,3 +107,29 @@ async def test_redis_restart(compose_stack, fault_table):
     closes = Counter(o.code for c in load.all_clients() for o in c.outages)
     assert not closes, f"sockets were closed by the Redis restart: {dict(closes)}"
     assert_no_loss(verdict)
+
+
+async def test_redis_frozen(compose_stack, fault_table):
+    """`docker compose pause redis` (cgroup freezer: connections stay open, nothing answers)."""
+    from tests.faults.gray import ack_p99
+
+    seen: dict = {}
+
+    async def inject(stack: ComposeStack, load):
+        seen["from"] = time.monotonic()
+        await asyncio.to_thread(stack.project.compose, "pause", "redis", timeout=60)
+        try:
+            await asyncio.sleep(15)  # the fault's duration
+        finally:
+            await asyncio.to_thread(stack.project.compose, "unpause", "redis", timeout=60)
+        seen["until"] = time.monotonic()
+
+    verdict, load = await run_compose_fault(compose_stack, "compose Redis frozen 15s", inject)
+    seen["p99"], seen["n"] = ack_p99(load, seen["from"], seen["until"])
+    verdict.extra = f"ack p99 during freeze {seen['p99']:.2f}s (n={seen['n']})"
+    fault_table.append(verdict)
+    assert seen["n"] >= 20, f"only {seen['n']} sends during the freeze"
+    assert seen["p99"] <= 1.0, f"ack p99 {seen['p99']:.2f}s during the Redis freeze > 1 s"
+    closes = Counter(o.code for c in load.all_clients() for o in c.outages)
+    assert not closes, f"sockets were closed by the Redis freeze: {dict(closes)}"
+    assert_no_loss(verdict)

@@ -1,5 +1,7 @@
 """A real user in a real browser: log in through nginx, open one room in two
 pages, send from one, see it in the other (Playwright + Debian's Chromium)."""
+import json
+import time
 import uuid
 
 import pytest
@@ -36,6 +38,9 @@ def test_logged_in_user_chats_between_two_pages(native_stack, tmp_path):
         )
         try:
             sender = context.new_page()
+            sent_frames, received_frames = [], []
+            sender.on("websocket", lambda ws: (ws.on("framesent", lambda f: sent_frames.append(f)),
+                                               ws.on("framereceived", lambda f: received_frames.append(f))))
             sender.goto(f"{native_stack.http_url}/accounts/login/?next={room_path}")
             sender.fill("#id_username", username)
             sender.fill("#id_password", password)
@@ -54,6 +59,15 @@ def test_logged_in_user_chats_between_two_pages(native_stack, tmp_path):
             expect(arrived).to_be_visible(timeout=UI_TIMEOUT_MS)
             expect(arrived.locator(".user")).to_have_text(username)
             expect(sender.locator("#messages li", has_text=text)).to_be_visible(timeout=UI_TIMEOUT_MS)
+            # The page sends with a client id (idempotent resend) and the server acknowledges it.
+            sent = [json.loads(f) for f in sent_frames if text in f]
+            assert len(sent) == 1 and sent[0].get("client_msg_id"), sent_frames
+            cid = sent[0]["client_msg_id"]
+            deadline = time.monotonic() + 10
+            while not any('"chat.ack"' in f for f in received_frames) and time.monotonic() < deadline:
+                sender.wait_for_timeout(50)  # lets Playwright deliver the frame events
+            acks = [json.loads(f) for f in received_frames if '"chat.ack"' in f]
+            assert [a["client_msg_id"] for a in acks] == [cid], received_frames
             receiver.screenshot(path=str(results / "browser-chat.png"), full_page=True)
         finally:
             context.close()
@@ -116,5 +130,8 @@ def test_reconnect_status_and_unsent_notice(native_stack, tmp_path):
             assert any(s.startswith("reconnecting") for s in statuses), statuses
             assert not [s for s in statuses if " in 0 s" in s], statuses
             expect(unsent).to_have_count(0, timeout=UI_TIMEOUT_MS)
+            # Queued with its client id while down, sent (once) when the socket is back.
+            sent = page.locator("#messages li:not(.notice)", has_text="typed during the outage")
+            expect(sent).to_have_count(1, timeout=UI_TIMEOUT_MS)
         finally:
             browser.close()

@@ -163,3 +163,38 @@ async def test_a_lost_last_message_is_delivered_once_the_room_goes_quiet():
     got = await client.recv(timeout=fanout.QUIET_CHECK_SECONDS + 5)
     assert (got["id"], got["message"]) == (2, "trailing")
     await client.close()
+
+
+@pytest.fixture
+def reconnect_after():
+    """The test drops every connection of the app, the test thread's too: give that one
+    back before pytest-django's teardown flushes the tables through it."""
+    yield
+    from django.db import connection
+
+    connection.close()
+
+
+async def test_a_gap_fill_that_loses_its_database_connection_is_retried_and_sockets_stay_open(
+        settings, reconnect_after):
+    """Postgres drops every connection of the app (as in a restart) just before a room
+    must read a gap: the room retries with backoff instead of closing its sockets."""
+    import psycopg
+    from django.db import connection
+
+    settings.CHAT_REORDER_WAIT_MS = 50
+    client, _ = await welcome("/ws/chat/pgdrop/")
+    await persist("pgdrop", None, "w1", "never published")
+    second = await persist("pgdrop", None, "w2", "published")
+    db = connection.settings_dict
+    with psycopg.connect(host=db["HOST"], port=db["PORT"], user=db["USER"], password=db["PASSWORD"],
+                         dbname=db["NAME"], autocommit=True) as admin:
+        killed = admin.execute("SELECT count(pg_terminate_backend(pid)) FROM pg_stat_activity"
+                               " WHERE datname = current_database() AND pid <> pg_backend_pid()").fetchone()[0]
+    assert killed >= 1, "the app held no pooled connection to drop"
+    await _publish(second)
+    got = [await client.recv(timeout=10) for _ in range(2)]
+    assert [(m["id"], m["message"]) for m in got] == [(1, "never published"), (2, "published")]
+    await client.send({"message": "still open"})
+    assert (await client.recv())["message"] == "still open"
+    await client.close()

@@ -16,6 +16,8 @@ room per worker instead of once per socket:
 - Redis restarts. wsworker.layerwatch runs resubscribe_all() (registered in
   chat/apps.py): each Room subscribes on
   the new connection and reads what it missed from Postgres. Sockets stay open.
+- Postgres outages. A gap fill that cannot reach Postgres is retried with
+  backoff (DB_RETRY_*); the room's sockets stay open and catch up when it answers.
 
 Invariant per socket: it has received exactly the ids <= consumer.last_id,
 in order. Everything below keeps it.
@@ -27,8 +29,10 @@ import time
 import weakref
 from collections import deque
 
+import psycopg
 from channels.db import database_sync_to_async
 from channels.layers import get_channel_layer
+from django import db as django_db
 from django.conf import settings
 
 from wsworker import layerwatch, registry as worker
@@ -53,6 +57,13 @@ QUIET_CHECK_SECONDS = quiet.QUIET_CHECK_SECONDS
 # Most messages handed to the sockets in one go (one write per socket): bounds the
 # write size and how long one room holds the loop.
 RUN_MAX = 64
+# A gap fill that fails because Postgres is unavailable is retried with exponential
+# backoff (seconds); the room's sockets stay open meanwhile.
+# Connection-level errors only (down, refused, pool timeout, connection lost): a
+# broken query would fail the same way again, and still closes the sockets.
+DB_ERRORS = (django_db.OperationalError, django_db.InterfaceError, psycopg.OperationalError, psycopg.InterfaceError)
+DB_RETRY_BASE = 0.5
+DB_RETRY_CAP = 5.0
 
 
 def group_name(room: str) -> str:
@@ -147,15 +158,19 @@ class Room:
         self.catch_up = True
         self.wake.set()
 
-    def submit(self, consumer, user_id, username: str, text: str) -> bool:
+    def submit(self, consumer, user_id, username: str, text: str, client_msg_id=None) -> bool:
         """Hand a sender's message to this worker's Writer; False when the room is overloaded."""
-        return writer().submit(self, consumer, user_id, username, text)
+        return writer().submit(self, consumer, user_id, username, text, client_msg_id)
 
     async def ready(self):
         try:
             await asyncio.shield(self.started)
         except Exception:
-            self._discard()
+            if not self.closed:
+                # The start failed (e.g. Postgres down after the SUBSCRIBE): give the
+                # subscription back, or its receiver would outlive the Room.
+                self._discard()
+                asyncio.ensure_future(self._close())
             raise
 
     def leave(self, consumer):
@@ -179,18 +194,22 @@ class Room:
             del registry[self.name]
 
     async def _close(self):
-        for task in (self.deliverer, self.receiver):
-            if task is not None and task is not asyncio.current_task():
-                task.cancel()
-        try:
-            await self.started
-        except BaseException:
-            return
+        self._cancel_tasks()
+        # A start still waiting on a frozen Redis finishes when it thaws (the connects
+        # that waited for it were already refused: WS_CONNECT_TIMEOUT); one that failed
+        # may have subscribed first. Either way: cancel what it created, unsubscribe.
+        await asyncio.wait([self.started])
+        self._cancel_tasks()
         if self.channel is not None:
             try:
                 await get_channel_layer().group_discard(self.group, self.channel)
             except Exception:
                 logger.warning("room %s: group_discard failed", self.name, exc_info=True)
+
+    def _cancel_tasks(self):
+        for task in (self.deliverer, self.receiver):
+            if task is not None and task is not asyncio.current_task():
+                task.cancel()
 
     async def fail(self):
         """Delivery cannot continue in order: close the sockets; they resume from their last id."""
@@ -290,6 +309,7 @@ class Room:
 
     async def _deliver_loop(self):
         wait_s = settings.CHAT_REORDER_WAIT_MS / 1000
+        failures = 0
         while True:
             if not self.pending and not self.catch_up:
                 self.wake.clear()
@@ -327,10 +347,21 @@ class Room:
                 await self._fill_from_db(min(self.pending) - 1)
             except asyncio.CancelledError:
                 raise
+            except DB_ERRORS as exc:
+                # Postgres is down or slow: the sockets stay open and wait; this Room
+                # reads what it misses once Postgres answers (backoff, capped).
+                failures += 1
+                delay = min(DB_RETRY_CAP, DB_RETRY_BASE * 2 ** min(failures - 1, 10))
+                logger.warning("room %s: reading ids after %s failed (%s: %s); retrying in %.1fs",
+                               self.name, self.position, type(exc).__name__, str(exc).strip()[:120], delay)
+                self.catch_up = True
+                await asyncio.sleep(delay)
+                continue
             except Exception:
                 logger.exception("room %s: delivery failed at id %s; closing its sockets", self.name, self.position)
                 await self.fail()
                 return
+            failures = 0
 
     async def _fill_from_db(self, upto):
         """Deliver stored ids position+1..upto (or everything newer when upto is None)."""

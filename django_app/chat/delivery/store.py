@@ -15,18 +15,34 @@ from . import db
 from ..models import Message, Room
 
 # One statement, so one round trip and (in autocommit) one commit, for any
-# number of messages in any number of rooms: count the batch's messages per
-# room, allocate that many ids on each room row (locking the rows in name
-# order, so two workers' batches never deadlock), and insert every row with its
-# id. Ids are numbered in the batch's order within each room. The room rows
-# stay locked only until this commits. Returns each room's new last_id and the
-# statement's timestamp: message n of k in room r gets last_id - k + n.
+# number of messages in any number of rooms. Idempotent sends first: a row whose
+# (room, client_msg_id) is already stored, or repeats an earlier row of the same
+# batch, is not inserted and gets no id (ids stay dense); the statement returns
+# the ORIGINAL message for it. Then: count the remaining messages per room,
+# allocate that many ids on each room row (locking the rows in name order, so two
+# workers' batches never deadlock), and insert every row with its id, numbered in
+# the batch's order within each room. A concurrent batch that stored the same
+# client id first makes this statement fail on the partial unique index
+# (chat_message_room_client_id): it rolls back whole (no id used) and the Writer
+# runs it again, when `existing` sees that row. Returns one row per input row,
+# in input order: (id, username, body, created_at, duplicate).
 _PERSIST_SQL = f"""
-WITH batch AS (
-    SELECT m.room, m.user_id, m.username, m.body,
-           row_number() OVER (PARTITION BY m.room ORDER BY m.ord) AS n
-    FROM unnest(%(rooms)s::text[], %(user_ids)s::bigint[], %(usernames)s::text[], %(bodies)s::text[])
-         WITH ORDINALITY AS m(room, user_id, username, body, ord)
+WITH input AS (
+    SELECT m.room, m.user_id, m.username, m.body, NULLIF(m.cid, '') AS cid, m.ord
+    FROM unnest(%(rooms)s::text[], %(user_ids)s::bigint[], %(usernames)s::text[], %(bodies)s::text[],
+                %(cids)s::text[])
+         WITH ORDINALITY AS m(room, user_id, username, body, cid, ord)
+), existing AS (
+    SELECT r.name AS room, msg.client_msg_id AS cid, msg.seq, msg.username, msg.body, msg.created_at
+    FROM {Message._meta.db_table} msg JOIN {Room._meta.db_table} r ON r.id = msg.room_id
+    WHERE msg.client_msg_id IS NOT NULL
+      AND (r.name, msg.client_msg_id) IN (SELECT room, cid FROM input WHERE cid IS NOT NULL)
+), batch AS (
+    SELECT i.*, row_number() OVER (PARTITION BY i.room ORDER BY i.ord) AS n
+    FROM input i
+    WHERE i.cid IS NULL
+       OR (i.ord = (SELECT min(j.ord) FROM input j WHERE j.room = i.room AND j.cid = i.cid)
+           AND NOT EXISTS (SELECT 1 FROM existing e WHERE e.room = i.room AND e.cid = i.cid))
 ), counts AS (
     SELECT room, count(*) AS k FROM batch GROUP BY room
 ), allocated AS (
@@ -34,14 +50,21 @@ WITH batch AS (
     SELECT room, k FROM counts ORDER BY room
     ON CONFLICT (name) DO UPDATE SET last_id = r.last_id + EXCLUDED.last_id
     RETURNING id, name, last_id
-), inserted AS (
-    INSERT INTO {Message._meta.db_table} (room_id, seq, user_id, username, body, created_at)
-    SELECT a.id, a.last_id - c.k + b.n, b.user_id, b.username, b.body, statement_timestamp()
+), numbered AS (
+    SELECT b.ord, b.room, b.cid, b.user_id, b.username, b.body, a.id AS room_id, a.last_id - c.k + b.n AS seq
     FROM batch b JOIN allocated a ON a.name = b.room JOIN counts c ON c.room = b.room
+), inserted AS (
+    INSERT INTO {Message._meta.db_table} (room_id, seq, user_id, username, body, created_at, client_msg_id)
+    SELECT room_id, seq, user_id, username, body, statement_timestamp(), cid FROM numbered
     RETURNING 1
 )
-SELECT a.name, a.last_id, statement_timestamp(), (SELECT count(*) FROM inserted)
-FROM allocated a
+SELECT COALESCE(e.seq, nw.seq), COALESCE(e.username, nw.username), COALESCE(e.body, nw.body),
+       COALESCE(e.created_at, statement_timestamp()), (e.seq IS NOT NULL OR nw.ord <> i.ord),
+       (SELECT count(*) FROM inserted)
+FROM input i
+LEFT JOIN existing e ON e.room = i.room AND e.cid = i.cid
+LEFT JOIN numbered nw ON nw.ord = i.ord OR (nw.room = i.room AND nw.cid = i.cid)
+ORDER BY i.ord
 """
 
 
@@ -57,38 +80,44 @@ def _batch_params(items) -> dict:
     return {
         "rooms": [i[0] for i in items], "user_ids": [i[1] for i in items],
         "usernames": [i[2] for i in items], "bodies": [i[3] for i in items],
+        "cids": [i[4] for i in items],
     }
 
 
-def _batch_result(items, rows) -> list[dict]:
-    """The wire dicts of `items`, from the statement's (room, last_id, timestamp) rows."""
-    heads = {name: (last_id, created_at) for name, last_id, created_at, _ in rows}
-    counts: dict[str, int] = {}
-    for room, *_ in items:
-        counts[room] = counts.get(room, 0) + 1
-    out, seen = [], {}
-    for room, _user_id, username, text in items:
-        last_id, created_at = heads[room]
-        seen[room] = n = seen.get(room, 0) + 1
-        out.append(_wire(room, last_id - counts[room] + n, username, text, created_at))
-    return out
+def _batch_items(items) -> list[tuple]:
+    """(room, user_id, username, text, client_msg_id) tuples; the client id is optional."""
+    return [tuple(i) + (None,) * (5 - len(i)) for i in items]
 
 
-def persist_batch(items) -> list[dict]:
-    """Store [(room, user_id, username, text), ...] in one statement; their wire dicts, in order.
+def _batch_result(items, rows) -> list[tuple[dict, bool]]:
+    return [(_wire(item[0], seq, username, body, created_at), duplicate)
+            for item, (seq, username, body, created_at, duplicate, _n) in zip(items, rows)]
 
-    Within each room the ids are consecutive and follow the list's order.
+
+def store_batch(items) -> list[tuple[dict, bool]]:
+    """Store [(room, user_id, username, text[, client_msg_id]), ...] in one statement.
+
+    Returns (wire dict, duplicate) per item, in order. Within each room the new
+    ids are consecutive and follow the list's order; a duplicate (its client id
+    already stored in the room, or earlier in this list) gets the original
+    message and stores nothing.
     """
-    items = list(items)
+    items = _batch_items(items)
     with connection.cursor() as cur:
         cur.execute(_PERSIST_SQL, _batch_params(items))
         return _batch_result(items, cur.fetchall())
 
 
-async def persist_batch_async(items) -> list[dict]:
-    """persist_batch on the Writer's async connection (chat.delivery.db): no thread hop."""
-    items = list(items)
+async def store_batch_async(items) -> list[tuple[dict, bool]]:
+    """store_batch on the Writer's async connection (chat.delivery.db): no thread hop."""
+    items = _batch_items(items)
     return _batch_result(items, await db.execute(_PERSIST_SQL, _batch_params(items)))
+
+
+def persist_batch(items) -> list[dict]:
+    """store_batch without the duplicate flags: the wire dicts, in order."""
+    return [msg for msg, _dup in store_batch(items)]
+
 
 
 def persist_many(room: str, items) -> list[dict]:

@@ -9,7 +9,9 @@ on the Writer's own async connection, chat.delivery.db: no thread hop; per
 room, ids stay dense and in arrival order), then, in that order,
 acknowledges each sender, hands the message to this worker's own sockets, and
 queues its publish (chat.delivery.publisher). Nothing is broadcast before it is
-stored, and a slow or frozen Redis never holds up the next batch.
+stored, and a slow or frozen Redis never holds up the next batch. A resend (a
+client_msg_id already stored in the room) is acknowledged with the original id
+and never published again.
 
 Per room, CHAT_ROOM_MAX_BACKLOG bounds what may wait: past it the sender gets
 `unavailable` (overload), the room's other senders and other rooms go on.
@@ -27,10 +29,13 @@ from .publisher import Publisher
 
 logger = logging.getLogger(__name__)
 
-_persist_batch = metrics.timed_store(store.persist_batch_async)  # counted, timed, sized
+_store_batch = metrics.timed_store(store.store_batch_async)  # counted, timed, sized
 
 BATCH_MAX = 500  # rows per statement: bounds one statement's size and lock time
-DEADLOCK_RETRIES = 2  # rooms are locked in name order, so this is belt and braces
+# Statements run again on a deadlock (rooms are locked in name order, so this is belt
+# and braces) or when another worker stored the same client_msg_id concurrently (the
+# rerun then finds that row and returns it as a duplicate).
+STORE_RETRIES = 3
 
 # One Writer per event loop (one per worker process; tests run a loop per test).
 _writers: "weakref.WeakKeyDictionary[asyncio.AbstractEventLoop, Writer]" = weakref.WeakKeyDictionary()
@@ -54,16 +59,16 @@ async def writes_done(timeout: float) -> bool:
 
 class Writer:
     def __init__(self):
-        self.queue: list = []  # (room, consumer, user_id, username, text)
+        self.queue: list = []  # (room, consumer, user_id, username, text, client_msg_id)
         self.task = None
         self.publisher = Publisher()
 
-    def submit(self, room, consumer, user_id, username: str, text: str) -> bool:
+    def submit(self, room, consumer, user_id, username: str, text: str, client_msg_id=None) -> bool:
         """Queue a message; False when its room already has too many waiting (overload)."""
         if room.waiting >= settings.CHAT_ROOM_MAX_BACKLOG:
             return False
         room.waiting += 1
-        self.queue.append((room, consumer, user_id, username, text))
+        self.queue.append((room, consumer, user_id, username, text, client_msg_id))
         if self.task is None or self.task.done():
             self.task = asyncio.ensure_future(self._run())
         return True
@@ -80,7 +85,7 @@ class Writer:
     async def _run(self):
         while self.queue:
             batch, self.queue = self.queue[:BATCH_MAX], self.queue[BATCH_MAX:]
-            rows = [(room.name, user_id, username, text) for room, _c, user_id, username, text in batch]
+            rows = [(room.name, user_id, username, text, cid) for room, _c, user_id, username, text, cid in batch]
             try:
                 stored = await self._store(rows)
             except Exception:
@@ -89,24 +94,26 @@ class Writer:
                     room.waiting -= 1
                     await _safely(consumer.not_stored())
                 continue
-            for (room, consumer, *_), msg in zip(batch, stored):
+            for (room, consumer, *_, cid), (msg, duplicate) in zip(batch, stored):
                 room.waiting -= 1
                 payload = protocol.dumps(msg)
                 # The sender first, straight away: it sees every accepted message even if
                 # it is closed (rate limit, drain) before the Redis echo could arrive.
-                await _safely(consumer.stored(msg["id"], payload))
+                await _safely(consumer.stored(msg["id"], payload, cid))
+                if duplicate:
+                    continue  # a resend: stored and published when it first arrived
                 # This worker's other sockets need no Redis round trip either.
                 room.publish_local(msg["id"], payload)
                 self.publisher.put(room.group, room.MESSAGE_TYPE, msg["id"], payload)
 
     async def _store(self, rows):
-        for attempt in range(DEADLOCK_RETRIES + 1):
+        for attempt in range(STORE_RETRIES + 1):
             try:
-                return await _persist_batch(rows)
-            except pg_errors.DeadlockDetected:
-                if attempt == DEADLOCK_RETRIES:
+                return await _store_batch(rows)
+            except (pg_errors.DeadlockDetected, pg_errors.UniqueViolation) as exc:
+                if attempt == STORE_RETRIES:
                     raise
-                logger.warning("storing %d message(s): deadlock, retrying", len(rows))
+                logger.warning("storing %d message(s): %s, retrying", len(rows), type(exc).__name__)
 
 
 async def _safely(coro):

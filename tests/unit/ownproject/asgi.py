@@ -1,6 +1,8 @@
 """An echo service: /ws/echo/ registers its sockets with the worker (so the drain
 closes them from the app and /healthz counts them); /ws/plain/ does not, and the
 worker still closes it with 1012 on SIGTERM."""
+import time
+
 import django
 from django.core.asgi import get_asgi_application
 
@@ -25,6 +27,9 @@ class Echo(AsyncWebsocketConsumer):
         registry.live.discard(self)
 
     async def receive(self, text_data=None, bytes_data=None):
+        if text_data and text_data.startswith("block-loop:"):
+            # A bug that blocks the event loop (tests/unit/test_wsworker_watchdog.py).
+            time.sleep(float(text_data.split(":", 1)[1]))
         await self.send(text_data=f"echo: {text_data}")
 
 

@@ -11,4 +11,7 @@ CHANNEL_LAYERS = {}
 # The wsworker settings this project sets; the others take wsworker.conf's defaults.
 WS_DRAIN_SECONDS = float(os.environ.get("WS_DRAIN_SECONDS", "3"))
 WS_METRICS_PORT = int(os.environ.get("WS_METRICS_PORT", "0"))
+# Set by tests/unit/test_wsworker_watchdog.py only; otherwise wsworker.conf's default.
+if "WS_LOOP_STALL_SECONDS" in os.environ:
+    WS_LOOP_STALL_SECONDS = float(os.environ["WS_LOOP_STALL_SECONDS"])
 USE_TZ = True

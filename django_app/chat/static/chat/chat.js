@@ -3,6 +3,14 @@
  * backoff + jitter (so a restarted worker is not hit by every client at the
  * same instant), resuming with ?after=<highest id received with no gap> so no
  * message is lost or shown twice. Close codes follow docs/architecture.md.
+ *
+ * Sent messages carry a random client_msg_id and stay in `outbox` until the
+ * server's chat.ack; after a reconnect (and every heartbeat for ones still
+ * unacknowledged) they are sent again with the same id, and the server stores
+ * each id once. A heartbeat ({"type":"ping"} every HEARTBEAT_MS) detects a
+ * worker that stopped answering: two intervals without any frame and the page
+ * reconnects (a browser cannot see WebSocket-level pings). A connect with no
+ * welcome within OPEN_TIMEOUT_MS is abandoned and retried the same way.
  */
 (function () {
   "use strict";
@@ -11,6 +19,8 @@
   var RESTART = 1012;
   var BACKOFF_MIN_MS = 500;
   var BACKOFF_MAX_MS = 30000;
+  var HEARTBEAT_MS = 10000;  // same as clients/chatclient.py HEARTBEAT_SECONDS
+  var OPEN_TIMEOUT_MS = 5000;  // above the server's WS_CONNECT_TIMEOUT (3 s)
 
   var room = JSON.parse(document.getElementById("room-name").textContent);
   var list = document.getElementById("messages");
@@ -23,6 +33,25 @@
   var attempt = 0;
   var stopped = false;
   var retryTimer = null;
+  var welcomed = false;
+  var lastRx = 0;          // when the current socket last sent us anything
+  var retryAfterMs = 0;    // the server's hint with a refusal
+  var openTimer = null;
+  var outbox = new Map();  // client_msg_id -> {text, sentAt}: sent, not yet acknowledged
+
+  function newId() {
+    if (window.crypto && crypto.randomUUID) return crypto.randomUUID();
+    var bytes = new Uint8Array(16);
+    crypto.getRandomValues(bytes);
+    return Array.prototype.map.call(bytes, function (b) { return (b + 256).toString(16).slice(1); }).join("");
+  }
+
+  function transmit(id) {
+    var entry = outbox.get(id);
+    if (!entry || !socket || socket.readyState !== WebSocket.OPEN || !welcomed) return;
+    entry.sentAt = Date.now();
+    socket.send(JSON.stringify({ message: entry.text, client_msg_id: id }));
+  }
 
   function setStatus(state, text) {
     statusEl.dataset.state = state;
@@ -90,15 +119,41 @@
   }
 
   function reconnectNow() {
-    if (socket) { socket.onclose = null; socket.close(); socket = null; }
+    drop();
     schedule(0);
   }
 
+  function drop() {
+    if (openTimer) { window.clearTimeout(openTimer); openTimer = null; }
+    if (socket) { socket.onclose = null; socket.onmessage = null; socket.close(); socket = null; }
+    welcomed = false;
+  }
+
+  function hung(why) {
+    // The worker stopped answering: leave it; nginx sends the reconnect elsewhere.
+    notice(why + "; reconnecting");
+    drop();
+    attempt += 1;
+    schedule(backoffMs());
+  }
+
+  window.setInterval(function () {
+    if (!socket || socket.readyState !== WebSocket.OPEN || !welcomed) return;
+    if (Date.now() - lastRx > 2 * HEARTBEAT_MS) { hung("server not answering"); return; }
+    socket.send('{"type":"ping"}');
+    outbox.forEach(function (entry, id) {
+      if (Date.now() - entry.sentAt >= HEARTBEAT_MS) transmit(id);  // refused or lost: again, same id
+    });
+  }, HEARTBEAT_MS);
+
   function onFrame(event) {
     var frame;
+    lastRx = Date.now();
     try { frame = JSON.parse(event.data); } catch (e) { return; }
     if (frame.type === "chat.welcome") {
       attempt = 0;
+      welcomed = true;
+      if (openTimer) { window.clearTimeout(openTimer); openTimer = null; }
       setStatus("open", "connected as " + frame.user);
       clearUnsent();
       if (frame.last_id < lastId) {
@@ -107,9 +162,13 @@
         lastId = 0;
       }
       frame.history.forEach(show);
+      outbox.forEach(function (entry, id) { transmit(id); });  // unacknowledged: resend, same ids
     } else if (frame.type === "chat.message") {
       show(frame);
+    } else if (frame.type === "chat.ack") {
+      outbox.delete(frame.client_msg_id);
     } else if (frame.type === "chat.error") {
+      if (frame.retry_after) retryAfterMs = frame.retry_after * 1000;
       notice("error: " + frame.detail);
     }
   }
@@ -117,10 +176,14 @@
   function connect() {
     if (stopped) return;
     setStatus("connecting", "connecting…");
+    welcomed = false;
     socket = new WebSocket(url());
     socket.onmessage = onFrame;
+    openTimer = window.setTimeout(function () { openTimer = null; hung("no answer from the server"); }, OPEN_TIMEOUT_MS);
     socket.onclose = function (event) {
+      if (openTimer) { window.clearTimeout(openTimer); openTimer = null; }
       socket = null;
+      welcomed = false;
       if (STOP_CODES[event.code]) {
         stopped = true;
         setStatus("closed", "disconnected: " + STOP_CODES[event.code]);
@@ -132,7 +195,9 @@
         return;
       }
       attempt += 1;
-      schedule(backoffMs());
+      var delay = Math.max(backoffMs(), retryAfterMs);
+      retryAfterMs = 0;
+      schedule(delay);
     };
   }
 
@@ -140,12 +205,14 @@
     event.preventDefault();
     var text = input.value.trim();
     if (!text) return;
-    if (!socket || socket.readyState !== WebSocket.OPEN) {
-      notice("not connected; message not sent", "unsent");
+    var id = newId();
+    outbox.set(id, { text: text, sentAt: 0 });
+    input.value = "";
+    if (!socket || socket.readyState !== WebSocket.OPEN || !welcomed) {
+      notice("not connected; message not sent yet: it goes out when the connection is back", "unsent");
       return;
     }
-    socket.send(JSON.stringify({ message: text }));
-    input.value = "";
+    transmit(id);
   });
 
   connect();
