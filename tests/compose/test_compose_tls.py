@@ -197,14 +197,17 @@ async def test_acme_certbot_gets_renews_and_nginx_reloads_with_wss_open(project,
     pebble_ca = tmp_path_factory.mktemp("pebble") / "pebble.minica.pem"
     pebble_ca.write_text(run(["docker", "run", "--rm", "--entrypoint", "cat", image, "/test/certs/pebble.minica.pem"],
                              env=project.env, timeout=120).stdout)
-    set_env_values(project.env_file, {"TLS_MODE": "acme", "ACME_SERVER": "https://pebble:14000/dir",
-                                      "ACME_DOMAINS": "nginx", "ACME_EMAIL": "ops@example.com",
-                                      "ACME_CA_BUNDLE": str(pebble_ca)})
+    # Through compose's interpolation (process environment beats --env-file), not the
+    # env file: web and ws read that file whole (env_file:), so editing it would
+    # recreate them for settings only nginx and certbot use: CI time, nothing tested.
+    project.env.update({"TLS_MODE": "acme", "ACME_SERVER": "https://pebble:14000/dir",
+                        "ACME_DOMAINS": "nginx", "ACME_EMAIL": "ops@example.com",
+                        "ACME_CA_BUNDLE": str(pebble_ca)})
     project.files = ["docker-compose.tls.yml", "docker-compose.acme.yml", "tests/compose/pebble.yml"]
     t0 = time.monotonic()
     # --wait: certbot is healthy once it deployed a certificate, nginx once it serves HTTPS.
     project.compose("up", "-d", "--wait", "--scale", "ws=2", timeout=600)
-    FIGURES["ACME: `up --wait` to a Pebble certificate served (web, ws recreated)"] = f"{time.monotonic() - t0:.1f} s"
+    FIGURES["ACME: `up --wait` to a Pebble certificate served"] = f"{time.monotonic() - t0:.1f} s"
     logs = project.compose("logs", "certbot", "nginx", timeout=60).stdout
     assert "Successfully received certificate" in logs, logs[-3000:]
     assert "GET /.well-known/acme-challenge/" in logs, "Pebble's HTTP-01 fetch must go through nginx"

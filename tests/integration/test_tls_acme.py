@@ -13,7 +13,6 @@ import asyncio
 import json
 import os
 import socket
-import ssl
 import subprocess
 import time
 import urllib.request
