@@ -38,7 +38,7 @@ LOCAL = ROOT / "scripts" / "local"
 # Inherited values that would tie this stack to another one (the unit-test
 # backing services, a developer's .env secrets): every stack gets its own.
 _NOT_INHERITED = (
-    "DJANGO_SECRET_KEY", "POSTGRES_PASSWORD", "REDIS_PASSWORD", "DATABASE_URL", "REDIS_URL",
+    "DJANGO_SECRET_KEY", "POSTGRES_PASSWORD", "REDIS_PASSWORD", "REDIS_SENTINEL_PASSWORD", "DATABASE_URL", "REDIS_URL",
     "POSTGRES_HOST", "POSTGRES_PORT", "REDIS_HOST", "REDIS_PORT", "LOCAL_STATE_DIR",
     "LOCAL_PG_PORT", "LOCAL_REDIS_PORT", "LOCAL_WEB_PORT", "LOCAL_WS_BASE_PORT", "HTTP_PORT",
     "WS_WORKERS", "PORT",
