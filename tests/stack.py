@@ -41,7 +41,7 @@ _NOT_INHERITED = (
     "DJANGO_SECRET_KEY", "POSTGRES_PASSWORD", "REDIS_PASSWORD", "REDIS_SENTINEL_PASSWORD", "DATABASE_URL", "REDIS_URL",
     "POSTGRES_HOST", "POSTGRES_PORT", "REDIS_HOST", "REDIS_PORT", "LOCAL_STATE_DIR",
     "LOCAL_PG_PORT", "LOCAL_REDIS_PORT", "LOCAL_WEB_PORT", "LOCAL_WS_BASE_PORT", "HTTP_PORT",
-    "WS_WORKERS", "PORT",
+    "WS_WORKERS", "PORT", "LOCAL_REDIS_TOPOLOGY",
 )
 
 
@@ -102,7 +102,8 @@ class NativeStack:
             "HTTP_PORT": free_port(),
             "LOCAL_WEB_PORT": free_port(),
             "LOCAL_PG_PORT": free_port(),
-            "LOCAL_REDIS_PORT": free_port(),
+            # +1..+4 too: the sentinel and sharded topologies (scripts/local-redis).
+            "LOCAL_REDIS_PORT": free_port_range(5) + 1,
             "LOCAL_WS_BASE_PORT": free_port_range(self.workers),
         }
 
