@@ -9,7 +9,8 @@ through Redis (or the watcher's resync right after Redis is back).
 
   probe = CrossWorker(sender_url, receiver_url, rooms); await probe.start()
   ... fault at t0 ...
-  probe.resumed_at(room, t0)    # monotonic send time from which every probe arrived live
+  probe.resumed_at(room, t0)    # monotonic send time from which every probe arrived live (read it
+                                # at the end: while probes are in flight it can be too early)
   probe.max_latency(room, t0)   # worst latency of a probe sent after t0 (a pause shows here)
 """
 from __future__ import annotations
@@ -22,6 +23,7 @@ from clients.chatclient import ChatClient, room_url
 
 RATE = 4.0  # probes per second per room, under CHAT_RATE_PER_SEC=5
 RESUMED_LATENCY = 0.5  # a probe that arrives within this is live delivery, not a Postgres fill
+SETTLE = 2.5  # a probe older than this has arrived or is late (a quiet room's Postgres check runs at 2 s)
 
 
 class CrossWorker:
@@ -66,7 +68,7 @@ class CrossWorker:
 
     def resumed_at(self, room: str, since: float) -> float | None:
         """Earliest send time after which every probe (settled ones) arrived live."""
-        settled = [(t, lat) for t, lat in self.latencies(room, since) if t <= time.monotonic() - 2]
+        settled = [(t, lat) for t, lat in self.latencies(room, since) if t <= time.monotonic() - SETTLE]
         resumed = None
         for t, lat in settled:
             if lat > RESUMED_LATENCY:
@@ -74,6 +76,11 @@ class CrossWorker:
             elif resumed is None:
                 resumed = t
         return resumed
+
+    def live_for(self, room: str, since: float, seconds: float) -> bool:
+        """Live delivery resumed and has held for `seconds` of settled probes."""
+        resumed = self.resumed_at(room, since)
+        return resumed is not None and time.monotonic() - SETTLE - resumed >= seconds
 
     def max_latency(self, room: str, since: float, until: float) -> float:
         return max((lat for t, lat in self.latencies(room, since) if t <= until), default=0.0)

@@ -55,9 +55,8 @@ async def test_sentinel_master_kill9(sentinel_stack, fault_table):
                                 interval=0.05, what="Sentinel promoted the replica")
         seen.update(new=new, failover=time.monotonic() - t0)
         await await_until(readyz.all_ok_now, 30, what="every ws /readyz 200 ok on the new master")
-        await await_until(lambda: probe.resumed_at(probe_room, t0) is not None, 30,
+        await await_until(lambda: probe.live_for(probe_room, t0, 1.0), 30,
                           what="live cross-worker delivery on the new master")
-        seen["resume"] = probe.resumed_at(probe_room, t0) - t0
 
     async def restore(stack, load):
         # The old master comes back: Sentinel turns it into a replica of the new master.
@@ -74,7 +73,8 @@ async def test_sentinel_master_kill9(sentinel_stack, fault_table):
     finally:
         await readyz.stop()
         await probe.close()
-    verdict.resume = seen["resume"]
+    verdict.resume = seen["resume"] = probe.resumed_at(probe_room, seen["t0"]) - seen["t0"]
+    verdict.fault = f"Sentinel master kill -9 (failover {seen['failover']:.2f}s)"
     fault_table.append(verdict)
     print(f"\nSentinel failover: {seen['failover']:.2f}s (kill -> promoted), "
           f"cross-worker delivery live after {seen['resume']:.2f}s")
