@@ -34,7 +34,11 @@ def test_sentinel_override_points_the_app_at_three_sentinels(tmp_path):
         assert env["REDIS_MODE"] == "sentinel" and env["REDIS_SENTINEL_PASSWORD"]
         assert {s.split(":")[0] for s in env["REDIS_SENTINELS"].split(",")} == sentinels
         assert sentinels <= set(services[app]["depends_on"])
-    assert "--replicaof redis 6379" in services["redis-replica"]["command"][-1]
+    # The replica follows `redis` at first; every node asks the Sentinels on (re)start.
+    assert services["redis-replica"]["environment"]["FIRST_MASTER"] == "redis"
+    assert services["redis"]["environment"]["FIRST_MASTER"] == ""
+    assert services["redis"]["command"] == services["redis-replica"]["command"]
+    assert "sentinel get-master-addr-by-name" in services["redis"]["command"][-1]
     for name in sentinels | {"redis", "redis-replica"}:
         assert services[name]["user"] == "999:999" and services[name]["read_only"] is True
         assert "healthcheck" in services[name]
