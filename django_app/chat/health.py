@@ -26,8 +26,7 @@ def redis_sync() -> tuple[bool, str]:
     problems = {}
     for host in hosts:
         try:
-            with redisconf.connect_sync(host, TIMEOUT) as client:
-                client.ping()
+            redisconf.probe_client_sync(host).ping()
         except Exception as exc:
             problems[redisconf.label(host)] = _describe(exc)
     ready, status = readiness(problems, len(hosts))

@@ -25,8 +25,7 @@ def _describe(exc: Exception) -> str:
 
 async def _ping(host: dict) -> str | None:
     try:
-        async with redisconf.connect(host, TIMEOUT) as client:
-            await client.ping()
+        await asyncio.wait_for(redisconf.probe_client(host).ping(), TIMEOUT)
         return None
     except Exception as exc:
         return _describe(exc)

@@ -10,11 +10,15 @@ so it follows the same topology as the layer:
   asked of the Sentinels on every connect, exactly as channels_redis does);
 - several entries (shards: channels_redis picks one per group by a consistent hash).
 
-API: hosts(), label(host), connect(host, timeout) / connect_sync(host, timeout).
+API: hosts(), label(host); connect(host, timeout) / connect_sync(host, timeout) for a
+client of one's own; probe_client(host) / probe_client_sync(host) for the probes' shared one.
 """
 from __future__ import annotations
 
+import asyncio
 import contextlib
+import threading
+import weakref
 from urllib.parse import urlsplit, urlunsplit
 
 import redis
@@ -26,6 +30,10 @@ from django.conf import settings
 
 # Connection settings of the layer that a probe or watcher replaces with its own.
 _TIMEOUTS = ("socket_timeout", "socket_connect_timeout")
+PROBE_TIMEOUT = 2.0
+_probe_clients: "weakref.WeakKeyDictionary[asyncio.AbstractEventLoop, dict]" = weakref.WeakKeyDictionary()
+_probe_clients_sync: dict = {}
+_sync_lock = threading.Lock()
 
 
 def hosts(alias: str = "default") -> list[dict]:
@@ -98,3 +106,31 @@ def connect_sync(host: dict, timeout: float | None = 2.0):
         client.connection_pool.disconnect()
         for each in getattr(sentinel, "sentinels", ()):
             each.connection_pool.disconnect()
+
+
+def _key(host: dict) -> str:
+    return repr(sorted(host.items()))
+
+
+def probe_client(host: dict):
+    """The asyncio client /readyz reuses for `host` on this event loop.
+
+    A fresh client per probe costs, with Sentinel, a DNS lookup and a connection
+    to a Sentinel plus another to the master: seconds on a loaded host, where a
+    reused connection costs one PING. After a failover the dead connection fails
+    one probe; redis-py then connects again, asking the Sentinels for the new master.
+    """
+    per_loop = _probe_clients.setdefault(asyncio.get_running_loop(), {})
+    key = _key(host)
+    if key not in per_loop:
+        per_loop[key] = _build(aioredis, host, PROBE_TIMEOUT)[0]
+    return per_loop[key]
+
+
+def probe_client_sync(host: dict):
+    """probe_client() for synchronous code: one per process (redis-py's pool is thread-safe)."""
+    key = _key(host)
+    with _sync_lock:
+        if key not in _probe_clients_sync:
+            _probe_clients_sync[key] = _build(redis, host, PROBE_TIMEOUT)[0]
+        return _probe_clients_sync[key]
