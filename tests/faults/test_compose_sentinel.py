@@ -56,6 +56,17 @@ def sentinel_master(stack: ComposeStack) -> str | None:
     return None
 
 
+def node_ips(stack: ComposeStack) -> dict[str, tuple[str, str]]:
+    """IP -> (service, container id) of the two Redis nodes (the Sentinels name IPs)."""
+    out = {}
+    for service in ("redis", "redis-replica"):
+        for cid in stack.project.container_ids(service):
+            networks = stack.project.inspect(cid)["NetworkSettings"]["Networks"]
+            for net in networks.values():
+                out[net["IPAddress"]] = (service, cid)
+    return out
+
+
 def topology_known(stack: ComposeStack) -> bool:
     info = " ".join(_cli(stack, "sentinel-1", "REDIS_SENTINEL_PASSWORD", "sentinel", "master", "chat"))
     return "num-slaves 1 " in info and "num-other-sentinels 2 " in info
@@ -107,10 +118,11 @@ async def test_compose_sentinel_master_kill(sentinel_compose, fault_table):
 
     async def inject(stack: ComposeStack, load):
         master = await asyncio.to_thread(sentinel_master, stack)
-        assert master in ("redis", "redis-replica"), master
-        (cid,) = await asyncio.to_thread(stack.project.container_ids, master)
-        seen.update(master=master, cid=cid, serving={worker_host(c.worker) for c in load.all_clients()},
-                    since=time.time())
+        nodes = await asyncio.to_thread(node_ips, stack)
+        assert master in nodes, (master, nodes)
+        service, cid = nodes[master]
+        seen.update(master=master, service=service, cid=cid, since=time.time(),
+                    serving={worker_host(c.worker) for c in load.all_clients()})
         await asyncio.to_thread(stack.docker, "kill", cid)
         t0 = seen["t0"] = time.monotonic()
         await await_in_thread(lambda: (m := sentinel_master(stack)) not in (None, master) and m, 30,
@@ -129,8 +141,8 @@ async def test_compose_sentinel_master_kill(sentinel_compose, fault_table):
     async def restore(stack: ComposeStack, load):
         await asyncio.to_thread(stack.docker, "start", seen["cid"])
         await await_in_thread(
-            lambda: _cli(stack, seen["master"], "REDIS_PASSWORD", "role")[:1] == ["slave"]
-            and "connected" in _cli(stack, seen["master"], "REDIS_PASSWORD", "role"), 60,
+            lambda: _cli(stack, seen["service"], "REDIS_PASSWORD", "role")[:1] == ["slave"]
+            and "connected" in _cli(stack, seen["service"], "REDIS_PASSWORD", "role"), 60,
             interval=1, what="killed master rejoined as a connected replica")
 
     try:
