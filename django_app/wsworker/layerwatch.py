@@ -36,7 +36,12 @@ from . import hooks, redisconf
 logger = logging.getLogger(__name__)
 
 POLL_SECONDS = 1.0
-TIMEOUT = 2.0
+# While a server does not answer, ask more often: the resync (and live cross-worker
+# delivery) follows the new master within this, not a whole POLL_SECONDS.
+DOWN_POLL_SECONDS = 0.25
+# A live Redis answers INFO in milliseconds; a dead one that sends no RST (a
+# vanished host) must not hold the watcher for long.
+TIMEOUT = 1.0
 _tasks: list[asyncio.Task] = []
 # Bumped on every resync. A Room that finishes subscribing under an older
 # generation subscribes again: its channel may be on the connection the flush dropped.
@@ -92,7 +97,7 @@ async def _watch(host: dict) -> None:
                     what = "came back" if known_run_id in (None, run_id) else "restarted or failed over"
                     await _resync(f"{name} {what}")
                 known_run_id, unreachable = run_id, False
-            await asyncio.sleep(POLL_SECONDS)
+            await asyncio.sleep(DOWN_POLL_SECONDS if unreachable else POLL_SECONDS)
 
 
 async def _resync(what: str) -> None:
