@@ -63,7 +63,7 @@ k8s-apply: ## kubectl apply -k k8s/overlays/$(K8S_ENV) (default dev)
 	scripts/k8s apply $(or $(K8S_ENV),dev)
 
 ## --- quality -------------------------------------------------------------
-test-faults: deps ## Fault suite: kill/SIGTERM workers, restart Redis/Postgres, reload nginx
+test-faults: deps ## Fault suite: kill/SIGTERM workers, restart Redis/Postgres, Sentinel failover, shard restart, reload nginx
 	scripts/test-faults
 soak: deps ## Hold N sockets for T minutes and report RSS growth per tier
 	scripts/soak

@@ -45,12 +45,13 @@ LOCAL = ROOT / "scripts" / "local"
 # Inherited values that would tie this stack to another one (the unit-test
 # backing services, a developer's .env secrets): every stack gets its own.
 _NOT_INHERITED = (
-    "DJANGO_SECRET_KEY", "POSTGRES_PASSWORD", "REDIS_PASSWORD", "DATABASE_URL", "REDIS_URL",
+    "DJANGO_SECRET_KEY", "POSTGRES_PASSWORD", "REDIS_PASSWORD", "REDIS_SENTINEL_PASSWORD", "DATABASE_URL", "REDIS_URL",
     "POSTGRES_HOST", "POSTGRES_PORT", "REDIS_HOST", "REDIS_PORT", "LOCAL_STATE_DIR",
     "LOCAL_PG_PORT", "LOCAL_REDIS_PORT", "LOCAL_WEB_PORT", "LOCAL_WS_BASE_PORT", "HTTP_PORT",
     "WS_WORKERS", "PORT", "HTTPS_PORT", "TLS_MODE", "TLS_CERT_DIR", "TLS_CERT_FILE", "TLS_KEY_FILE",
     "DJANGO_TLS", "ACME_SERVER", "ACME_DOMAINS", "ACME_EMAIL", "ACME_CA_BUNDLE",
     "LOCAL_METRICS_BASE_PORT", "WS_METRICS_PORT", "WEB_METRICS_PORT", "PROMETHEUS_MULTIPROC_DIR",
+    "LOCAL_REDIS_TOPOLOGY",
 )
 
 
@@ -114,7 +115,8 @@ class NativeStack:
             "HTTPS_PORT": free_port(),
             "LOCAL_WEB_PORT": free_port(),
             "LOCAL_PG_PORT": free_port(),
-            "LOCAL_REDIS_PORT": free_port(),
+            # +1..+4 too: the sentinel and sharded topologies (scripts/local-redis).
+            "LOCAL_REDIS_PORT": free_port_range(5) + 1,
             "LOCAL_WS_BASE_PORT": free_port_range(self.workers),
             # scripts/local puts every metrics port at an offset of this base (up to +10+workers).
             # Below Linux's ephemeral range (32768+): the monitoring tier binds them last,

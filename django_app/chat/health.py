@@ -1,11 +1,15 @@
 """Dependency probes of the web /readyz view (the ws worker has its own: wsworker.health).
 
-Each probe has a short timeout and returns None when healthy or a short reason
-string otherwise: readiness must answer quickly, never hang on a dead backend.
+Redis servers come from the channel layer's settings (wsworker.redisconf), so the
+probe follows the layer's topology: single, Sentinel or shards.
+
+Each probe has a short timeout and says why it failed in a short string:
+readiness must answer quickly, never hang on a dead backend.
 """
 import psycopg
-import redis
 from django.conf import settings
+from wsworker import redisconf
+from wsworker.health import readiness
 
 from . import dbauth
 
@@ -16,17 +20,21 @@ def _describe(exc: Exception) -> str:
     return f"{type(exc).__name__}: {exc}"[:200]
 
 
-def redis_sync(url: str | None = None) -> str | None:
-    client = redis.Redis.from_url(
-        url or settings.REDIS_URL, socket_timeout=TIMEOUT, socket_connect_timeout=TIMEOUT
-    )
-    try:
-        client.ping()
-        return None
-    except Exception as exc:
-        return _describe(exc)
-    finally:
-        client.close()
+def redis_sync() -> tuple[bool, str]:
+    """(ready, "ok" | why): PING every Redis server of the channel layer (Sentinel:
+    the current master; shards: each), as the ws worker's /readyz does
+    (wsworker.health.readiness: not ready only when none answers)."""
+    hosts = redisconf.hosts()
+    problems = {}
+    for host in hosts:
+        try:
+            redisconf.probe_client_sync(host).ping()
+        except Exception as exc:
+            problems[redisconf.label(host)] = _describe(exc)
+    ready, status = readiness(problems, len(hosts))
+    if not problems:
+        return True, "ok"
+    return ready, f"{status}: " + "; ".join(f"{k}: {v}" for k, v in problems.items())
 
 
 def database_error(alias: str = "default") -> Exception | None:

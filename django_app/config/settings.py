@@ -123,9 +123,13 @@ _db["OPTIONS"] = {**_db.get("OPTIONS", {}), "pool": _pool}
 DATABASES = {"default": _db}
 
 # --- Redis (channel layer) --------------------------------------------------
+# REDIS_MODE picks the topology; channels_redis itself does the work: a Sentinel
+# host entry ("sentinels" + "master_name") finds the current master, several host
+# entries are shards chosen by a consistent hash of the group name.
+REDIS_MODE = env.str("REDIS_MODE", default="single")
+_redis_password = env.str("REDIS_PASSWORD", default="")
 REDIS_URL = env.str("REDIS_URL", default="")
 if not REDIS_URL:
-    _redis_password = env.str("REDIS_PASSWORD", default="")
     _redis_auth = f":{quote(_redis_password, safe='')}@" if _redis_password else ""
     REDIS_URL = "redis://{auth}{host}:{port}/{db}".format(
         auth=_redis_auth,
@@ -133,22 +137,68 @@ if not REDIS_URL:
         port=env.int("REDIS_PORT", default=6379),
         db=env.int("REDIS_DB", default=0),
     )
+_layer_connection = {
+    # redis-py 8 turns an idle subscriber read into a timeout after
+    # 5 s and channels_redis then drops messages (channels_redis#422).
+    "socket_timeout": None,
+    "socket_connect_timeout": 5,
+    # Detects a half-dead connection on an otherwise idle subscriber.
+    "health_check_interval": 30,
+}
+
+
+def _with_password(url: str) -> str:
+    """A shard URL without credentials gets REDIS_PASSWORD (kept out of REDIS_SHARD_URLS)."""
+    scheme, sep, rest = url.partition("://")
+    if not sep or scheme not in ("redis", "rediss"):
+        raise ImproperlyConfigured(f"REDIS_SHARD_URLS: {url!r} is not a redis:// or rediss:// URL")
+    if "@" in rest.split("/", 1)[0] or not _redis_password:
+        return url
+    return f"{scheme}://:{quote(_redis_password, safe='')}@{rest}"
+
+
+def _sentinel_address(item: str) -> tuple[str, int]:
+    host, _, port = item.strip().rpartition(":")
+    if not host or not port.isdigit():
+        raise ImproperlyConfigured(f"REDIS_SENTINELS: {item!r} is not host:port")
+    return host, int(port)
+
+
+if REDIS_MODE == "single":
+    _layer_hosts = [{"address": REDIS_URL, **_layer_connection}]
+elif REDIS_MODE == "sentinel":
+    _sentinels = [_sentinel_address(s) for s in env.list("REDIS_SENTINELS", default=[]) if s.strip()]
+    if not _sentinels:
+        raise ImproperlyConfigured("REDIS_MODE=sentinel needs REDIS_SENTINELS (host:port,host:port,...)")
+    _layer_hosts = [{
+        "sentinels": _sentinels,
+        "master_name": env.str("REDIS_SENTINEL_MASTER", default="chat"),
+        # Connections to the Sentinels themselves: short timeouts, so a dead
+        # Sentinel costs a discovery 1 s, not a hang.
+        "sentinel_kwargs": {
+            "password": env.str("REDIS_SENTINEL_PASSWORD", default="") or None,
+            "socket_timeout": 1,
+            "socket_connect_timeout": 1,
+        },
+        "password": _redis_password or None,
+        "db": env.int("REDIS_DB", default=0),
+        **_layer_connection,
+    }]
+elif REDIS_MODE == "sharded":
+    _shards = [u.strip() for u in env.list("REDIS_SHARD_URLS", default=[]) if u.strip()]
+    if len(_shards) < 2:
+        raise ImproperlyConfigured("REDIS_MODE=sharded needs at least two URLs in REDIS_SHARD_URLS")
+    _layer_hosts = [{"address": _with_password(u), **_layer_connection} for u in _shards]
+else:
+    raise ImproperlyConfigured(f"REDIS_MODE must be single, sentinel or sharded, not {REDIS_MODE!r}")
 
 CHANNEL_LAYERS = {
     "default": {
         "BACKEND": "channels_redis.pubsub.RedisPubSubChannelLayer",
         "CONFIG": {
-            "hosts": [
-                {
-                    "address": REDIS_URL,
-                    # redis-py 8 turns an idle subscriber read into a timeout after
-                    # 5 s and channels_redis then drops messages (channels_redis#422).
-                    "socket_timeout": None,
-                    "socket_connect_timeout": 5,
-                    # Detects a half-dead connection on an otherwise idle subscriber.
-                    "health_check_interval": 30,
-                }
-            ],
+            # The one list of Redis servers: the layer, the worker's watcher and
+            # both /readyz probes read it (wsworker.redisconf).
+            "hosts": _layer_hosts,
             "prefix": env.str("CHANNEL_LAYER_PREFIX", default="chat"),
         },
     }

@@ -6,48 +6,51 @@ handed to the wrapped app, so `runserver` (which serves everything via ASGI)
 still works. Wrap the project's HTTP app: `"http": WorkerHealthApp(django_asgi_app)`.
 
 - /healthz (liveness): 200 with this worker's counters.
-- /readyz (readiness): 503 while draining, or when the Redis channel layer does
-  not answer a PING within TIMEOUT; 200 otherwise.
+- /readyz (readiness): 503 while draining, or when no Redis server of the
+  channel layer answers a PING within TIMEOUT (Sentinel: while no master is
+  reachable, i.e. during a failover); 200 "degraded" while some shards do not
+  answer; 200 "ok" otherwise. It recovers by itself once Redis answers again.
 """
+import asyncio
 import json
 
-import redis.asyncio as aioredis
-from django.conf import settings
-
-from . import registry
+from . import redisconf, registry
 
 TIMEOUT = 2.0
-
-
-def channel_layer_redis_url() -> str | None:
-    """The first Redis address of the default channel layer, if it is a Redis layer."""
-    layer = getattr(settings, "CHANNEL_LAYERS", {}).get("default", {})
-    hosts = layer.get("CONFIG", {}).get("hosts") or []
-    if not hosts or "redis" not in layer.get("BACKEND", ""):
-        return None
-    host = hosts[0]
-    if isinstance(host, dict):
-        return host.get("address")
-    return host if isinstance(host, str) else "redis://{}:{}".format(*host)
 
 
 def _describe(exc: Exception) -> str:
     return f"{type(exc).__name__}: {exc}"[:200]
 
 
-async def redis_problem(url: str | None = None) -> str | None:
-    """None when the channel layer's Redis answers a PING within TIMEOUT, else why not."""
-    url = url or channel_layer_redis_url()
-    if url is None:
-        return None  # not a Redis layer: nothing to check
-    client = aioredis.Redis.from_url(url, socket_timeout=TIMEOUT, socket_connect_timeout=TIMEOUT)
+async def _ping(host: dict) -> str | None:
     try:
-        await client.ping()
+        await asyncio.wait_for(redisconf.probe_client(host).ping(), TIMEOUT)
         return None
     except Exception as exc:
         return _describe(exc)
-    finally:
-        await client.aclose()
+
+
+async def redis_problems() -> dict[str, str]:
+    """{server label: why it does not answer} for every server of the channel layer
+    (Sentinel: the current master), probed at once, each within TIMEOUT."""
+    hosts = redisconf.hosts()
+    found = await asyncio.gather(*(_ping(h) for h in hosts))
+    return {redisconf.label(h): why for h, why in zip(hosts, found) if why}
+
+
+def readiness(problems: dict[str, str], servers: int) -> tuple[bool, str]:
+    """(ready, status) from the probe: not ready only when NO server of the layer answers.
+
+    With shards, one lost shard stops only the rooms hashed to it, on every worker
+    alike: failing every worker's readiness would turn that into an outage of all
+    rooms, so the status says "degraded" and the worker stays in rotation.
+    """
+    if not problems:
+        return True, "ok"
+    if len(problems) < servers:
+        return True, "degraded"
+    return False, "error"
 
 
 async def _respond(send, status: int, body: dict):
@@ -87,8 +90,11 @@ class WorkerHealthApp:
                 )
             if registry.state.draining:
                 return await _respond(send, 503, {"status": "draining", "reason": "worker is draining"})
-            problem = await redis_problem()
-            if problem:
-                return await _respond(send, 503, {"status": "error", "reason": f"redis: {problem}"})
-            return await _respond(send, 200, {"status": "ok", "worker": registry.worker_id()})
+            problems = await redis_problems()
+            ready, status = readiness(problems, len(redisconf.hosts()))
+            body = {"status": status, "worker": registry.worker_id()}
+            if problems:
+                body["reason"] = "redis: " + "; ".join(f"{k}: {v}" for k, v in problems.items())
+                body["redis"] = problems
+            return await _respond(send, 200 if ready else 503, body)
         return await self.app(scope, receive, send)

@@ -41,6 +41,7 @@ class Verdict:
     reconnects: int = 0
     p99_reconnect: float | None = None
     catch_up: float | None = None
+    resume: float | None = None  # fault -> live cross-worker delivery again (crossworker.py)
     errors: Counter = field(default_factory=Counter)
     problems: list[str] = field(default_factory=list)
     extra: str = ""  # what this fault measures beyond the common columns
@@ -49,11 +50,12 @@ class Verdict:
         fmt = lambda v: "-" if v is None else f"{v:.2f}s"  # noqa: E731
         errs = ",".join(f"{k}:{v}" for k, v in sorted(self.errors.items())) or "-"
         return [self.fault, str(self.sent), str(self.lost), str(self.duplicated),
-                str(self.reconnects), fmt(self.p99_reconnect), fmt(self.catch_up), errs, self.extra or "-"]
+                str(self.reconnects), fmt(self.p99_reconnect), fmt(self.catch_up), fmt(self.resume), errs,
+                self.extra or "-"]
 
 
 HEADER = ["fault", "messages sent", "lost", "duplicated", "reconnects", "p99 reconnect", "time to catch up",
-          "chat.error", "fault-specific"]
+          "time to resume", "chat.error", "fault-specific"]
 
 
 class RoomLoad:

@@ -28,12 +28,14 @@ CATCH_UP_TIMEOUT = 60.0
 Inject = Callable[["object", RoomLoad], Awaitable[None]]
 
 
-async def run_fault(stack, fault: str, inject: Inject, restore: Inject | None = None) -> tuple[Verdict, RoomLoad]:
+async def run_fault(stack, fault: str, inject: Inject, restore: Inject | None = None,
+                    rooms: list[str] | None = None) -> tuple[Verdict, RoomLoad]:
     """``inject`` breaks something and returns once clients can be served again;
     ``restore`` (optional) then puts the stack back for the next test, outside the
-    catch-up measurement (e.g. restarting a killed worker)."""
+    catch-up measurement (e.g. restarting a killed worker). ``rooms``: the ROOMS
+    room names, when the fault needs particular ones (e.g. on both shards)."""
     tag = f"{fault.replace(' ', '')}-{uuid.uuid4().hex[:6]}"
-    rooms = [f"{tag}-r{i}" for i in range(ROOMS)]
+    rooms = rooms or [f"{tag}-r{i}" for i in range(ROOMS)]
     load = RoomLoad(lambda room: room_url(stack.ws_base, room), rooms, PER_ROOM, RATE, tag)
     try:
         await load.start()

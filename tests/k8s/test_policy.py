@@ -6,10 +6,10 @@ import pytest
 from tests.k8s.manifests import (configmap_data, container_port, containers, find, one,
                                  pod_labels, pod_spec, probes, selects, workloads)
 
-OVERLAYS = ["dev", "prod", "prod-gateway", "prod-monitoring"]
+OVERLAYS = ["dev", "dev-sentinel", "prod", "prod-gateway", "prod-monitoring"]
 APP_UID = 10001  # cross-checked against .env.example's APP_UID below
 EXPECTED_UIDS = {"web": APP_UID, "ws": APP_UID, "migrate": APP_UID, "nginx": 101,
-                 "postgres": 999, "redis": 999}
+                 "postgres": 999, "redis": 999, "redis-node": 999, "sentinel": 999}
 
 
 def settings(objs):
@@ -244,6 +244,15 @@ def test_only_the_app_pods_reach_postgres_and_redis(rendered):
     for name in ("postgres", "redis"):
         sources, external = _ingress_sources(objs, pod_labels(one(objs, "StatefulSet", name)))
         assert sources == {"web", "ws", "migrate"} and not external, f"{name}: {sources}"
+
+
+def test_with_sentinel_only_the_app_and_the_topology_reach_redis(rendered):
+    objs = rendered["dev-sentinel"]
+    expected = {"redis-node": {"web", "ws", "migrate", "sentinel", "redis-node"},
+                "sentinel": {"web", "ws", "migrate", "sentinel"}}
+    for name, want in expected.items():
+        sources, external = _ingress_sources(objs, pod_labels(one(objs, "StatefulSet", name)))
+        assert sources == want and not external, f"{name}: {sources}"
 
 
 def test_httproute_splits_ws_and_web_like_nginx(rendered):

@@ -16,7 +16,7 @@ def test_generated_copies_match_their_sources(k8s_script):
 
 
 def test_every_overlay_renders(rendered):
-    assert set(rendered) == {"dev", "prod", "prod-gateway", "prod-monitoring"}
+    assert set(rendered) == {"dev", "dev-sentinel", "prod", "prod-gateway", "prod-monitoring"}
     for overlay, objs in rendered.items():
         kinds = {o["kind"] for o in objs}
         assert {"Namespace", "ConfigMap", "Secret", "Deployment", "Service", "Job",
@@ -29,6 +29,26 @@ def test_dev_runs_postgres_and_redis_in_cluster_prod_does_not(rendered):
         assert not find(rendered["prod"], "StatefulSet", name)
     dev = configmap_data(rendered["dev"], "chat-settings")
     assert (dev["POSTGRES_HOST"], dev["REDIS_HOST"]) == ("postgres", "redis")
+
+
+def test_dev_sentinel_replaces_the_single_redis_with_nodes_and_sentinels(rendered):
+    objs = rendered["dev-sentinel"]
+    assert not find(objs, "StatefulSet", "redis") and not find(objs, "Service", "redis")
+    assert one(objs, "StatefulSet", "redis-node")["spec"]["replicas"] == 2
+    sentinels = one(objs, "StatefulSet", "sentinel")
+    assert sentinels["spec"]["replicas"] == 3
+    settings = configmap_data(objs, "chat-settings")
+    assert settings["REDIS_MODE"] == "sentinel"
+    # The app asks every Sentinel pod, by the stable names the headless Service gives them.
+    service = one(objs, "Service", "sentinel")
+    assert service["spec"]["clusterIP"] == "None"
+    port = service["spec"]["ports"][0]["port"]
+    assert settings["REDIS_SENTINELS"].split(",") == [f"sentinel-{i}.sentinel:{port}" for i in range(3)]
+    # The Sentinels monitor node 0 by its stable name under the master name the app asks for.
+    (c,) = sentinels["spec"]["template"]["spec"]["containers"]
+    assert "sentinel monitor $REDIS_SENTINEL_MASTER redis-node-0.redis-node 6379 2" in c["command"][-1]
+    env = {e["name"]: e["valueFrom"] for e in c["env"]}
+    assert env["REDIS_SENTINEL_MASTER"]["configMapKeyRef"]["key"] in settings
 
 
 def test_gateway_variant_replaces_nginx(rendered):

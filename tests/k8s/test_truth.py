@@ -23,7 +23,8 @@ pytestmark = pytest.mark.slow
 POD_IP = "10.244.0.10"
 SECRET_KEYS = ("DJANGO_SECRET_KEY", "POSTGRES_PASSWORD", "REDIS_PASSWORD")
 # Every container the manifests declare, and how this module exercises it.
-COVERED = {"web", "ws", "migrate", "nginx", "postgres", "redis"}
+COVERED = {"web", "ws", "migrate", "nginx", "postgres", "redis",
+           "redis-node", "sentinel"}  # the last two: test_truth_sentinel.py
 
 
 def wait_for(check, timeout, what, proc=None):

@@ -79,7 +79,7 @@ async def test_redis_resync_keeps_sockets_open_and_delivers_what_was_missed():
     sender, _ = await welcome("/ws/chat/resync/")
     # Stored while this worker's subscription was dead (as during a Redis restart).
     await persist("resync", None, "ghost", "during outage")
-    await layerwatch._resync("restarted (test)")
+    await layerwatch._resync("test", "restarted")
     assert (await watcher.recv())["message"] == "during outage"
     # Live traffic flows on the new subscription, and nobody was disconnected.
     await sender.send({"message": "after"})

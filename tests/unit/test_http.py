@@ -1,5 +1,7 @@
 """Web tier views (pages, probes, token API) through Django's test client: real DB, real Redis."""
+import copy
 import json
+from urllib.parse import urlsplit
 
 import pytest
 from django.test import Client
@@ -23,8 +25,15 @@ def test_readyz_ok_when_db_and_redis_answer():
     assert resp.json() == {"status": "ok", "checks": {"db": "ok", "redis": "ok"}}
 
 
+def _layer_addresses(settings, *addresses):
+    """Point the channel layer (and so every Redis probe) at these servers."""
+    layers = copy.deepcopy(settings.CHANNEL_LAYERS)
+    layers["default"]["CONFIG"]["hosts"] = [{"address": a} for a in addresses]
+    settings.CHANNEL_LAYERS = layers
+
+
 def test_readyz_503_when_redis_unreachable(settings):
-    settings.REDIS_URL = f"redis://127.0.0.1:{free_port()}/0"
+    _layer_addresses(settings, f"redis://127.0.0.1:{free_port()}/0")
     resp = Client().get("/readyz")
     assert resp.status_code == 503
     body = resp.json()
@@ -35,9 +44,20 @@ def test_readyz_503_when_redis_password_wrong(settings):
     from urllib.parse import urlsplit
 
     real = urlsplit(settings.REDIS_URL)
-    settings.REDIS_URL = f"redis://:wrong-password@{real.hostname}:{real.port}/0"
+    _layer_addresses(settings, f"redis://:wrong-password@{real.hostname}:{real.port}/0")
     resp = Client().get("/readyz")
     assert resp.status_code == 503 and resp.json()["checks"]["redis"] != "ok"
+
+
+def test_readyz_stays_200_but_degraded_when_one_of_two_shards_is_down(settings):
+    """A lost shard stops only its rooms: the web tier stays in rotation and says which shard."""
+    dead = f"redis://127.0.0.1:{free_port()}/0"
+    _layer_addresses(settings, settings.REDIS_URL, dead)
+    resp = Client().get("/readyz")
+    assert resp.status_code == 200
+    redis_check = resp.json()["checks"]["redis"]
+    assert redis_check.startswith("degraded: ") and f"127.0.0.1:{urlsplit(dead).port}" in redis_check
+    assert settings.REDIS_URL.split("@")[0] not in redis_check or "@" not in redis_check  # no password shown
 
 
 def test_index_redirects_to_room():

@@ -51,6 +51,18 @@ async def test_worker_readyz_503_when_redis_unreachable(settings):
     assert status == 503 and body["reason"].startswith("redis:")
 
 
+async def test_worker_readyz_degraded_but_ready_when_one_of_two_shards_is_down(settings):
+    """Losing one shard stops only its rooms, on every worker alike: stay in rotation, name the shard."""
+    layers = json.loads(json.dumps(settings.CHANNEL_LAYERS, default=str))
+    live = layers["default"]["CONFIG"]["hosts"][0]
+    dead_port = free_port()
+    layers["default"]["CONFIG"]["hosts"] = [live, {**live, "address": f"redis://127.0.0.1:{dead_port}/0"}]
+    settings.CHANNEL_LAYERS = layers
+    status, body = await _get("/readyz")
+    assert status == 200 and body["status"] == "degraded"
+    assert list(body["redis"]) == [f"redis://127.0.0.1:{dead_port}/0"]
+
+
 async def test_worker_readyz_503_while_draining():
     registry.state.draining = True
     try:
