@@ -12,6 +12,7 @@ CLOCK_REALTIME), so no server field is trusted for timing.
 import asyncio
 import math
 import multiprocessing as mp
+import random
 import time
 from array import array
 from collections import Counter, defaultdict
@@ -22,6 +23,8 @@ from websockets.client import ClientProtocol
 from websockets.frames import Frame, Opcode
 from websockets.typing import Origin
 from websockets.uri import parse_uri
+
+from bench.dialects import DIALECTS, Chat
 
 try:
     import orjson as _json
@@ -49,18 +52,18 @@ def _run(coro_factory, conn):
         asyncio.run(coro_factory(conn))
 
 
-async def _open(url, origin=ORIGIN):
+async def _open(url, origin=ORIGIN, dialect=Chat):
     """Connect and read the welcome frame; returns (ws, worker id or None)."""
     ws = await asyncio.wait_for(
         connect(url, origin=origin, compression=None, max_queue=None, open_timeout=CONNECT_TIMEOUT, proxy=None,
                 ping_interval=None, close_timeout=2),
         CONNECT_TIMEOUT)
-    first = await asyncio.wait_for(ws.recv(), CONNECT_TIMEOUT)
     try:
-        doc = loads(first)
-    except ValueError:
-        doc = {}
-    return ws, doc.get("worker")
+        worker = await asyncio.wait_for(dialect.hello(ws, ws.recv), CONNECT_TIMEOUT)
+    except BaseException:
+        await ws.close()
+        raise
+    return ws, worker
 
 
 class _Cmd:
@@ -81,6 +84,7 @@ class Subscribers:
     """Holds subscriber sockets; bins every delivery by the step tag in its text."""
 
     def __init__(self):
+        self.dialect = Chat
         self.socks = defaultdict(list)  # room -> [(ws, worker, task)]
         self.count = Counter()  # step -> deliveries
         self.lat = defaultdict(lambda: array("q"))  # step -> latency in us
@@ -88,15 +92,14 @@ class Subscribers:
         self.other = 0  # frames that were not bench messages (errors, history)
 
     async def _reader(self, room, ws):
-        count, lat = self.count, self.lat
+        count, lat, text_of, pong = self.count, self.lat, self.dialect.text_of, self.dialect.pong
         try:
             async for raw in ws:
                 now = time.time_ns()
-                try:
-                    text = loads(raw).get("message")
-                except (ValueError, AttributeError):
-                    text = None
+                text = text_of(raw)
                 if not text or text[0] != MARK:
+                    if pong and raw == self.dialect.ping:
+                        await ws.send(pong)
                     self.other += 1
                     continue
                 step, _room, _seq, sent = text[1:].split("|", 4)[:4]
@@ -109,11 +112,15 @@ class Subscribers:
             self.closed[code] += 1
             self.socks[room] = [s for s in self.socks[room] if s[0] is not ws]
 
-    async def ensure(self, urls, rooms, workers, concurrency=64, deadline_s=60.0):
-        """Top each room up to its target, at most ceil(k/workers) per worker per room.
+    async def ensure(self, urls, rooms, workers, concurrency=64, deadline_s=60.0, balance="room"):
+        """Top each room up to its target.
 
-        Through nginx the balancer picks the worker, so a socket landing on a
-        worker already at quota is closed and retried (bounded attempts).
+        balance="room": at most ceil(k/workers) per worker per room. Through
+        nginx the balancer picks the worker, so a socket landing on a worker
+        already at quota is closed and retried (bounded attempts).
+        balance="nginx": every socket stays where nginx put it, and sockets
+        connect in random order, as members of many small rooms would: a room
+        spans one worker or several by chance.
         """
         sem = asyncio.Semaphore(concurrency)
         deadline = time.monotonic() + deadline_s
@@ -129,7 +136,7 @@ class Subscribers:
                     url = urls[rr[0] % len(urls)]
                     rr[0] += 1
                     try:
-                        ws, worker = await _open(f"{url}/ws/chat/{room}/")
+                        ws, worker = await _open(url + self.dialect.path(room), dialect=self.dialect)
                     except (OSError, asyncio.TimeoutError, websockets.InvalidHandshake,
                             websockets.ConnectionClosed) as exc:
                         failures[type(exc).__name__] += 1
@@ -146,13 +153,16 @@ class Subscribers:
 
         jobs = []
         for room, k in rooms.items():
-            quota = math.ceil(k / max(1, workers))
+            quota = math.ceil(k / max(1, workers)) if balance == "room" else k
             per_worker = Counter(w for _ws, w, _t in self.socks[room])
             for _ in range(k - len(self.socks[room])):
-                jobs.append(one(room, quota, per_worker))
-        await asyncio.gather(*jobs)
+                jobs.append((room, quota, per_worker))
+        if balance != "room":
+            random.shuffle(jobs)
+        await asyncio.gather(*(one(*job) for job in jobs))
         dist = Counter(w for socks in self.socks.values() for _ws, w, _t in socks)
-        return {"workers": dict(dist), "alive": sum(dist.values()), "failures": dict(failures)}
+        spans = {room: sorted({w for _ws, w, _t in socks}) for room, socks in self.socks.items()}
+        return {"workers": dict(dist), "alive": sum(dist.values()), "failures": dict(failures), "spans": spans}
 
     async def close_all(self):
         socks = [s for lst in self.socks.values() for s in lst]
@@ -174,7 +184,8 @@ async def _subscriber_main(conn):
         msg = await cmd.next()
         op = msg["op"]
         if op == "ensure":
-            cmd.reply(await subs.ensure(msg["urls"], msg["rooms"], msg["workers"]))
+            subs.dialect = DIALECTS[msg.get("dialect", "chat")]
+            cmd.reply(await subs.ensure(msg["urls"], msg["rooms"], msg["workers"], balance=msg.get("balance", "room")))
         elif op == "count":
             cmd.reply(subs.count.get(str(msg["step"]), 0))
         elif op == "collect":
@@ -193,15 +204,19 @@ class Publishers:
     """Publisher sockets sending at a fixed rate; counts the server's refusals."""
 
     def __init__(self):
+        self.dialect = Chat
         self.socks = []  # [(room, ws)]
         self.errors = Counter()  # error code -> n
         self.tasks = []
 
     async def _drain(self, ws):
         """Read (and drop) the echo of our own messages so TCP never backs up."""
+        ping, pong = getattr(self.dialect, "ping", None), self.dialect.pong
         try:
             async for raw in ws:
-                if '"chat.error"' in raw:
+                if pong and raw == ping:
+                    await ws.send(pong)
+                elif '"chat.error"' in raw:
                     try:
                         self.errors[loads(raw).get("code", "?")] += 1
                     except ValueError:
@@ -209,14 +224,31 @@ class Publishers:
         except websockets.ConnectionClosed:
             self.errors[f"closed:{ws.close_code}"] += 1
 
-    async def connect(self, url, rooms, per_room, n_workers=1):
-        """Publisher sockets spread evenly over the workers (retry while unbalanced, bounded)."""
+    async def connect(self, url, rooms, per_room, n_workers=1, balance="room"):
+        """Publisher sockets spread evenly over the workers (retry while unbalanced, bounded).
+
+        balance="nginx": wherever nginx puts them, 32 connects in flight.
+        """
         workers = Counter()
+        if balance != "room":
+            sem = asyncio.Semaphore(32)
+
+            async def one(room):
+                async with sem:
+                    ws, worker = await _open(url + self.dialect.path(room), dialect=self.dialect)
+                workers[worker] += 1
+                self.socks.append((room, ws))
+                self.tasks.append(asyncio.create_task(self._drain(ws)))
+
+            await asyncio.gather(*(one(room) for room in rooms for _ in range(per_room)))
+            order = {room: i for i, room in enumerate(rooms)}
+            self.socks.sort(key=lambda s: order[s[0]])  # round robin over rooms when sending
+            return dict(workers)
         for room in rooms:
             for _ in range(per_room):
                 quota = math.ceil((sum(workers.values()) + 1) / max(1, n_workers))
                 for attempt in range(8):
-                    ws, worker = await _open(f"{url}/ws/chat/{room}/")
+                    ws, worker = await _open(url + self.dialect.path(room), dialect=self.dialect)
                     if workers[worker] < quota or attempt == 7:
                         break
                     await ws.close()
@@ -235,6 +267,7 @@ class Publishers:
             return {"sent": {}, "elapsed": 0.0, "errors": dict(self.errors)}
         t0 = loop.time()
         hard_stop = t0 + 3 * duration + 5
+        encode = self.dialect.encode
         i = 0
         while i < total and loop.time() < hard_stop:
             due = min(total, int((loop.time() - t0) * rate) + 1)
@@ -242,7 +275,7 @@ class Publishers:
                 room, ws = live[i % len(live)]
                 text = f"{MARK}{step}|{room}|{i}|{time.time_ns()}{pad}"
                 try:
-                    await ws.send('{"message":"' + text + '"}')
+                    await ws.send(encode(text))
                     sent[room] += 1
                 except websockets.ConnectionClosed:
                     self.errors["send_closed"] += 1
@@ -264,7 +297,9 @@ async def _publisher_main(conn):
         msg = await cmd.next()
         op = msg["op"]
         if op == "connect":
-            cmd.reply(await pubs.connect(msg["url"], msg["rooms"], msg["per_room"], msg.get("n_workers", 1)))
+            pubs.dialect = DIALECTS[msg.get("dialect", "chat")]
+            cmd.reply(await pubs.connect(msg["url"], msg["rooms"], msg["per_room"], msg.get("n_workers", 1),
+                                         balance=msg.get("balance", "room")))
         elif op == "run":
             cmd.reply(await pubs.run(msg["step"], msg["rate"], msg["duration"], msg.get("pad", "")))
         elif op == "errors":

@@ -36,6 +36,8 @@ class ProductStack(procs.LoopbackURLs):
     """Same surface as BaselineStack: urls, server PIDs, up/down."""
 
     label = "ours (product)"
+    dialect = "chat"
+    stores = True  # persists every message: the bench reports Postgres transactions per stored message
 
     def __init__(self, workers=2, extra_env=None):
         self.workers = workers
@@ -49,6 +51,7 @@ class ProductStack(procs.LoopbackURLs):
             LOCAL_REDIS_PORT=procs.free_port(), WS_WORKERS=workers,
             **OVERRIDES, **(extra_env or {}))
         self.overrides = {**OVERRIDES, **(extra_env or {})}
+        self.db_probes = 0
 
     @staticmethod
     def _free_run(n, tries=50):
@@ -104,15 +107,29 @@ class ProductStack(procs.LoopbackURLs):
                 out[f"ws{i}"] = pid
         return out
 
-    def postgres_sql(self, sql):
+    def postgres_sql(self, sql, db="postgres"):
         """Run SQL as the postgres superuser over the runner's private socket (bench experiments)."""
         port = self.env["LOCAL_PG_PORT"]
         psql = sorted(Path("/usr/lib/postgresql").glob("*/bin/psql"))[-1]
-        res = subprocess.run(["runuser", "-u", "postgres", "--", str(psql), "-X", "-q", "-h", str(self.state / "pgsock"),
-                              "-p", port, "-d", "postgres", "-c", sql], capture_output=True, text=True, timeout=30)
+        res = subprocess.run(["runuser", "-u", "postgres", "--", str(psql), "-X", "-q", "-At", "-h",
+                              str(self.state / "pgsock"), "-p", port, "-d", db, "-c", sql],
+                             capture_output=True, text=True, timeout=30)
         if res.returncode != 0:
             raise RuntimeError(f"psql failed: {res.stderr[-1000:]}")
         return res.stdout
+
+    def db_counts(self):
+        """(transactions committed + rolled back, messages stored, probes so far) of the app's database.
+
+        One psql call = one transaction in that database: the caller subtracts
+        the probes made between two readings (`db_probes`).
+        """
+        db = self.app_env().get("POSTGRES_DB") or "chat"
+        out = self.postgres_sql("SELECT xact_commit + xact_rollback, (SELECT count(*) FROM chat_message) "
+                                "FROM pg_stat_database WHERE datname = current_database()", db=db)
+        self.db_probes += 1
+        xacts, stored = (int(v) for v in out.strip().split("|"))
+        return xacts, stored, self.db_probes
 
     def app_env(self):
         """The environment scripts/local gives its servers, rebuilt for a swapped-in ws server."""
