@@ -52,7 +52,7 @@ def rows(results):
                 "knee_per_s": knee.get("delivered_per_s"),
                 "knee_ok": bool(knee.get("ok")),
                 "vs_n10": round(knee["delivered_per_s"] / n10, 2) if n10 and knee.get("delivered_per_s")
-                and name != "N10" else None,
+                and is_many_room(res) else None,
                 "per_ws_cpu_s": knee.get("deliveries_per_ws_cpu_s"),
                 "p99_ms": knee.get("p99_ms"),
                 "xact_per_msg": (pg or {}).get("per_stored_message") if st.get("stores") else NO_STORE,
