@@ -193,14 +193,14 @@ class FanoutRun:
 
         Waits out the product's quiet-room checks (2 s after a room's last
         message) and Postgres's stats flush (at most 1 s behind an active
-        backend); a probe itself is one transaction, counted by the caller.
+        backend); the probes' own transactions are subtracted by the caller.
         """
         time.sleep(3.0)
         last = self.stack.db_counts()
         for _ in range(10):  # bounded: ~15 s
             time.sleep(1.5)
             now = self.stack.db_counts()
-            if now[1] == last[1] and now[0] - last[0] <= 1:
+            if now[1] == last[1] and now[0] - last[0] <= self.stack.probe_xacts:
                 return now
             last = now
         return last
@@ -227,9 +227,10 @@ class FanoutRun:
         db = None
         if stores:
             db1 = self._db_settled()
-            xacts = db1[0] - db0[0] - (db1[2] - db0[2])  # less the probes' own transactions
+            probes = db1[2] - db0[2]
+            xacts = db1[0] - db0[0] - probes * self.stack.probe_xacts  # less the probes' own transactions
             stored = db1[1] - db0[1]
-            db = {"transactions": xacts, "stored": stored,
+            db = {"transactions": xacts, "stored": stored, "probes": probes, "probe_xacts": self.stack.probe_xacts,
                   "per_stored_message": round(xacts / stored, 3) if stored else None}
             self.log(f"  Postgres: {xacts} transactions for {stored} stored messages = "
                      f"{db['per_stored_message']} per message")

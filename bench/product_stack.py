@@ -10,6 +10,7 @@ import os
 import shutil
 import subprocess
 import tempfile
+import time
 from pathlib import Path
 
 from bench import procs
@@ -52,6 +53,7 @@ class ProductStack(procs.LoopbackURLs):
             **OVERRIDES, **(extra_env or {}))
         self.overrides = {**OVERRIDES, **(extra_env or {})}
         self.db_probes = 0
+        self.probe_xacts = None  # transactions one db_counts() probe adds, measured by up()
 
     @staticmethod
     def _free_run(n, tries=50):
@@ -91,7 +93,22 @@ class ProductStack(procs.LoopbackURLs):
             out = res.stdout[-3000:] + res.stderr[-3000:]
             self.down()
             raise RuntimeError(f"scripts/local up failed ({res.returncode}):\n{out}")
+        self._calibrate_probe()
         return self
+
+    def _calibrate_probe(self):
+        """How many transactions one psql probe itself adds to the app's database.
+
+        A psql connection commits its query and, before it, the backend's own
+        startup transaction (2 on Postgres 15, measured here rather than assumed).
+        A backend flushes its counters when it exits, so back-to-back probes on
+        the idle stack differ by exactly that cost; the smallest of a few
+        differences is taken in case a server's pool connection was still
+        flushing its startup.
+        """
+        time.sleep(1.5)
+        reads = [self.db_counts()[0] for _ in range(4)]
+        self.probe_xacts = min(b - a for a, b in zip(reads, reads[1:]))
 
     def server_pids(self):
         run = self.state / "run"
@@ -121,8 +138,8 @@ class ProductStack(procs.LoopbackURLs):
     def db_counts(self):
         """(transactions committed + rolled back, messages stored, probes so far) of the app's database.
 
-        One psql call = one transaction in that database: the caller subtracts
-        the probes made between two readings (`db_probes`).
+        A probe adds `probe_xacts` transactions to that database: the caller
+        subtracts them for the probes made between two readings (`db_probes`).
         """
         db = self.app_env().get("POSTGRES_DB") or "chat"
         out = self.postgres_sql("SELECT xact_commit + xact_rollback, (SELECT count(*) FROM chat_message) "
