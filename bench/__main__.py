@@ -20,9 +20,10 @@ from bench.socketio_stack import SocketIOStack
 
 STEPS = [100, 250, 500, 1000, 2000, 3000, 4000, 6000, 8000, 10000, 12000, 15000, 20000, 25000, 30000,
          40000, 50000, 60000, 80000, 100000, 120000]
-# Many small rooms, as chat traffic mostly is: every member connects through
-# nginx and stays where it lands (a room spans one worker or several by chance),
-# one publisher socket per room, sends spread round robin over the rooms.
+# Many small rooms, as chat traffic mostly is: members connect through nginx in
+# random order, only the worker totals are kept even (a room spans one worker or
+# several by chance), one publisher socket per room, sends spread round robin
+# over the rooms.
 MANY = dict(pubs_per_room=1, steps=STEPS, balance="nginx")
 # Sparse rooms for the Postgres cost per message: one message per room every
 # 4 s (longer than the product's 2 s quiet-room spell), 6 per room per run.

@@ -118,9 +118,10 @@ class Subscribers:
         balance="room": at most ceil(k/workers) per worker per room. Through
         nginx the balancer picks the worker, so a socket landing on a worker
         already at quota is closed and retried (bounded attempts).
-        balance="nginx": every socket stays where nginx put it, and sockets
-        connect in random order, as members of many small rooms would: a room
-        spans one worker or several by chance.
+        balance="nginx": sockets connect in random order, as members of many
+        small rooms would, and only the worker totals are kept even (a
+        round-robin balancer's result while no worker fails): a room spans
+        one worker or several by chance.
         """
         sem = asyncio.Semaphore(concurrency)
         deadline = time.monotonic() + deadline_s
@@ -152,9 +153,13 @@ class Subscribers:
                 failures["unbalanced"] += 1
 
         jobs = []
+        overall = Counter(w for socks in self.socks.values() for _ws, w, _t in socks)
+        overall_quota = math.ceil(sum(rooms.values()) / max(1, workers))
         for room, k in rooms.items():
-            quota = math.ceil(k / max(1, workers)) if balance == "room" else k
-            per_worker = Counter(w for _ws, w, _t in self.socks[room])
+            if balance == "room":
+                quota, per_worker = math.ceil(k / max(1, workers)), Counter(w for _ws, w, _t in self.socks[room])
+            else:
+                quota, per_worker = overall_quota, overall
             for _ in range(k - len(self.socks[room])):
                 jobs.append((room, quota, per_worker))
         if balance != "room":
@@ -227,16 +232,21 @@ class Publishers:
     async def connect(self, url, rooms, per_room, n_workers=1, balance="room"):
         """Publisher sockets spread evenly over the workers (retry while unbalanced, bounded).
 
-        balance="nginx": wherever nginx puts them, 32 connects in flight.
+        balance="nginx": 32 connects in flight, worker totals kept even.
         """
         workers = Counter()
         if balance != "room":
             sem = asyncio.Semaphore(32)
+            quota = math.ceil(len(rooms) * per_room / max(1, n_workers))
 
             async def one(room):
                 async with sem:
-                    ws, worker = await _open(url + self.dialect.path(room), dialect=self.dialect)
-                workers[worker] += 1
+                    for attempt in range(12):
+                        ws, worker = await _open(url + self.dialect.path(room), dialect=self.dialect)
+                        if workers[worker] < quota or attempt == 11:
+                            workers[worker] += 1
+                            break
+                        await ws.close()
                 self.socks.append((room, ws))
                 self.tasks.append(asyncio.create_task(self._drain(ws)))
 
