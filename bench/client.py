@@ -154,7 +154,9 @@ class Subscribers:
 
         jobs = []
         overall = Counter(w for socks in self.socks.values() for _ws, w, _t in socks)
-        overall_quota = math.ceil(sum(rooms.values()) / max(1, workers))
+        # 2 % + 1 of slack: round robin alternates workers, so with several connects
+        # in flight an exact quota can send one socket to the full worker every time
+        overall_quota = math.ceil(sum(rooms.values()) / max(1, workers) * 1.02) + 1
         for room, k in rooms.items():
             if balance == "room":
                 quota, per_worker = math.ceil(k / max(1, workers)), Counter(w for _ws, w, _t in self.socks[room])
@@ -190,7 +192,8 @@ async def _subscriber_main(conn):
         op = msg["op"]
         if op == "ensure":
             subs.dialect = DIALECTS[msg.get("dialect", "chat")]
-            cmd.reply(await subs.ensure(msg["urls"], msg["rooms"], msg["workers"], balance=msg.get("balance", "room")))
+            cmd.reply(await subs.ensure(msg["urls"], msg["rooms"], msg["workers"], balance=msg.get("balance", "room"),
+                                        deadline_s=msg.get("deadline_s", 60.0)))
         elif op == "count":
             cmd.reply(subs.count.get(str(msg["step"]), 0))
         elif op == "collect":
@@ -237,7 +240,7 @@ class Publishers:
         workers = Counter()
         if balance != "room":
             sem = asyncio.Semaphore(32)
-            quota = math.ceil(len(rooms) * per_room / max(1, n_workers))
+            quota = math.ceil(len(rooms) * per_room / max(1, n_workers) * 1.02) + 1  # slack: see ensure()
 
             async def one(room):
                 async with sem:

@@ -83,12 +83,14 @@ class FanoutRun:
             units, rest = divmod(self.sc.subs_per_room, self.workers)
             for i, u in enumerate(_split(units, len(self.subs))):
                 shares[i][room] = u * self.workers + (rest if i == 0 else 0)
+        # thousands of sockets on a loaded 2-core machine can take minutes: bounded, scaled
+        deadline_s = 60.0 + 0.05 * self.sc.rooms * self.sc.subs_per_room
         for p, rooms in zip(self.subs, shares):
             p.send(op="ensure", urls=[self.stack.ws_base], rooms=rooms, workers=self.workers,
-                   dialect=self.dialect, balance=self.sc.balance)
+                   dialect=self.dialect, balance=self.sc.balance, deadline_s=deadline_s)
         dist, alive, failures, spans = {}, 0, {}, {}
         for p in self.subs:
-            r = p.recv(timeout=180)
+            r = p.recv(timeout=deadline_s + 120)
             alive += r["alive"]
             for w, n in r["workers"].items():
                 dist[w] = dist.get(w, 0) + n
@@ -111,7 +113,8 @@ class FanoutRun:
         dist = self.ensure_subscribers()
         self.pub_distribution = self.pub.call(op="connect", url=self.stack.ws_base, rooms=self.rooms,
                                               per_room=self.sc.pubs_per_room, n_workers=self.workers,
-                                              dialect=self.dialect, balance=self.sc.balance, timeout=120)
+                                              dialect=self.dialect, balance=self.sc.balance,
+                                              timeout=120 + 0.1 * self.sc.rooms * self.sc.pubs_per_room)
         self.log(f"  {self.sc.name}: {sum(dist.values())} subscribers over workers {sorted(dist.values())}, "
                  f"publishers {sorted(self.pub_distribution.values())}, rooms spanning k workers {self.spans}")
         return dist
@@ -243,8 +246,13 @@ class FanoutRun:
 
 
 def run_scenario(stack, sc, log=print):
+    """The scenario's results; a scenario that cannot run is recorded as an error, not a crash of the run."""
     run = FanoutRun(stack, sc, log)
     try:
         return run.run()
+    except (RuntimeError, TimeoutError) as exc:
+        log(f"  {sc.name}: ERROR {exc}")
+        return {"scenario": asdict(sc), "workers": run.workers, "error": str(exc)[:500], "steps": [],
+                "knee": None, "postgres": None, "distribution": run.distribution, "loadavg": list(os.getloadavg())}
     finally:
         run.close()

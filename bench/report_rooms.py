@@ -59,6 +59,7 @@ def rows(results):
                 "xacts": (pg or {}).get("transactions"), "stored": (pg or {}).get("stored"),
                 "spans": res.get("rooms_spanning_workers"),
                 "loadavg": (res.get("loadavg") or [None])[0],
+                "error": res.get("error"),
             }))
     return out
 
@@ -79,6 +80,8 @@ def markdown(results):
              "| --- | --- | ---: | ---: | ---: | ---: | ---: | ---: | ---: |"]
     for name, label, r in rows(results):
         knee = _f(r["knee_per_s"]) + ("" if r["knee_ok"] else " (failed)")
+        if r.get("error"):
+            knee = f"error: {r['error'][:80]}"
         xact = r["xact_per_msg"]
         if isinstance(xact, float):
             xact = f"{xact:.2f} ({r['xacts']:,}/{r['stored']:,})"
