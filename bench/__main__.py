@@ -24,7 +24,7 @@ STEPS = [100, 250, 500, 1000, 2000, 3000, 4000, 6000, 8000, 10000, 12000, 15000,
 # random order, only the worker totals are kept even (a room spans one worker or
 # several by chance), one publisher socket per room, sends spread round robin
 # over the rooms.
-MANY = dict(pubs_per_room=1, steps=STEPS, balance="nginx")
+MANY = dict(pubs_per_room=1, steps=[25, 50] + STEPS, balance="nginx")  # knees below 100/s were seen
 # Sparse rooms for the Postgres cost per message: one message per room every
 # 4 s (longer than the product's 2 s quiet-room spell), 6 per room per run.
 SPARSE = dict(rooms=100, subs_per_room=4, pubs_per_room=1, steps=[100], duration=24.0, balance="nginx")
