@@ -133,7 +133,7 @@ class Subscribers:
 
         async def one(room, quota, per_worker):
             async with sem:
-                for _attempt in range(12):
+                for attempt in range(12):
                     if time.monotonic() > deadline:
                         failures["deadline"] += 1
                         return
@@ -144,7 +144,10 @@ class Subscribers:
                     except (OSError, asyncio.TimeoutError, websockets.InvalidHandshake,
                             websockets.ConnectionClosed) as exc:
                         failures[_failure(exc)] += 1
-                        await asyncio.sleep(0.05)
+                        # back off: nginx marks a worker failed for fail_timeout after one
+                        # error and answers 502 at once when none is left, so a tight
+                        # retry loop would burn every attempt in a few milliseconds
+                        await asyncio.sleep(min(2.0, 0.05 * 2 ** attempt))
                         continue
                     if per_worker[worker] >= quota:
                         await ws.close()
@@ -248,7 +251,14 @@ class Publishers:
             async def one(room):
                 async with sem:
                     for attempt in range(12):
-                        ws, worker = await _open(url + self.dialect.path(room), dialect=self.dialect)
+                        try:
+                            ws, worker = await _open(url + self.dialect.path(room), dialect=self.dialect)
+                        except (OSError, asyncio.TimeoutError, websockets.InvalidHandshake,
+                                websockets.ConnectionClosed):
+                            if attempt == 11:
+                                raise
+                            await asyncio.sleep(min(2.0, 0.05 * 2 ** attempt))  # see Subscribers.ensure
+                            continue
                         if workers[worker] < quota or attempt == 11:
                             workers[worker] += 1
                             break
