@@ -76,7 +76,7 @@ def _f(v, suffix=""):
 
 def markdown(results):
     lines = ["| scenario | stack | ws workers | knee deliveries/s | ÷ own N10 knee | deliveries per ws CPU-s "
-             "| p99 ms | Postgres xact per stored msg | load avg |",
+             "| p99 ms | Postgres xact per stored msg | load avg (1 min, at end) |",
              "| --- | --- | ---: | ---: | ---: | ---: | ---: | ---: | ---: |"]
     for name, label, r in rows(results):
         knee = _f(r["knee_per_s"]) + ("" if r["knee_ok"] else " (failed)")
