@@ -1,7 +1,8 @@
-"""`python -m bench`: run the baseline and the product through the same scenarios.
+"""`python -m bench`: run the baseline, the product and the Socket.IO peer through the same scenarios.
 
 The stacks run one after the other, never together, so they never compete for
-the 2 cores; each is started fresh on free loopback ports and torn down after.
+the 2 cores; each is started fresh on free loopback ports and torn down after
+(and once more for scenarios that ask for another number of ws workers).
 """
 import argparse
 import datetime as dt
@@ -15,16 +16,35 @@ from bench.baseline_stack import BaselineStack
 from bench.fanout import Scenario, run_scenario
 from bench.procs import REPO
 from bench.product_stack import ProductStack
+from bench.socketio_stack import SocketIOStack
 
 STEPS = [100, 250, 500, 1000, 2000, 3000, 4000, 6000, 8000, 10000, 12000, 15000, 20000, 25000, 30000,
          40000, 50000, 60000, 80000, 100000, 120000]
+# Many small rooms, as chat traffic mostly is: members connect through nginx in
+# random order, only the worker totals are kept even (a room spans one worker or
+# several by chance), one publisher socket per room, sends spread round robin
+# over the rooms.
+MANY = dict(pubs_per_room=1, steps=[25, 50] + STEPS, balance="nginx")  # knees below 100/s were seen
+# Sparse rooms for the Postgres cost per message: one message per room every
+# 4 s (longer than the product's 2 s quiet-room spell), 6 per room per run.
+SPARSE = dict(rooms=100, subs_per_room=4, pubs_per_room=1, steps=[100], duration=24.0, balance="nginx")
 FULL = {
     "N10": dict(rooms=1, subs_per_room=10, pubs_per_room=2, steps=STEPS),
     "N100": dict(rooms=1, subs_per_room=100, pubs_per_room=2, steps=STEPS),
     "N500": dict(rooms=1, subs_per_room=500, pubs_per_room=2, steps=STEPS),
+    "DM2000": dict(MANY, rooms=2000, subs_per_room=2),  # direct messages
+    "G200x15": dict(MANY, rooms=200, subs_per_room=15),  # small groups
+    "SPARSE100x4": dict(SPARSE),
+    "SPARSE100x4w4": dict(SPARSE, workers=4),  # the same with 4 ws workers
 }
-SMOKE = {"N10": dict(rooms=1, subs_per_room=10, pubs_per_room=1, steps=[100, 200], duration=1.0, drain_s=2.0,
-                     max_failures=2)}
+SMOKE_STEP = dict(duration=1.0, drain_s=2.0, max_failures=2)
+SMOKE = {
+    "N10": dict(SMOKE_STEP, rooms=1, subs_per_room=10, pubs_per_room=1, steps=[100, 200]),
+    "DM20": dict(MANY, **SMOKE_STEP, rooms=20, subs_per_room=2, steps=[40, 80]),
+    "G4x5": dict(MANY, **SMOKE_STEP, rooms=4, subs_per_room=5, steps=[50, 100]),
+    "SPARSE10x4": dict(SPARSE, rooms=10, steps=[20], duration=4.0, drain_s=2.0),
+    "SPARSE10x4w4": dict(SPARSE, rooms=10, steps=[20], duration=4.0, drain_s=2.0, workers=4),
+}
 
 
 def machine():
@@ -56,22 +76,24 @@ NO_METRICS = {"WS_METRICS_PORT": "0", "WEB_METRICS_PORT": "0"}
 
 
 def make_stack(label, workers, extra_env):
-    """`baseline`, `ours`, `ours+asynccommit` (bench-only Postgres switch), `ours+nometrics`,
-    `ours@uvicorn` (server swap)."""
+    """`baseline`, `socketio` (peer), `ours`, `ours+asynccommit` (bench-only Postgres switch),
+    `ours+nometrics`, `ours@uvicorn` (server swap)."""
     if label == "baseline":
         return BaselineStack(workers)
+    if label == "socketio":
+        return SocketIOStack(workers)
     name, _, server = label.partition("@")
     base, *options = name.split("+")
     if base != "ours" or server not in ("", "uvicorn") or set(options) - {"asynccommit", "nometrics"}:
-        sys.exit(f"unknown stack {label!r}: baseline, ours, ours+asynccommit, ours+nometrics, ours@uvicorn")
+        sys.exit(f"unknown stack {label!r}: baseline, socketio, ours, ours+asynccommit, ours+nometrics, ours@uvicorn")
     return ProductStack(workers, {**extra_env, **(NO_METRICS if "nometrics" in options else {})})
 
 
 def parse(argv):
     ap = argparse.ArgumentParser(prog="scripts/bench", description=__doc__)
     ap.add_argument("--smoke", action="store_true", help="tiny loads, < 60 s, no capacity targets")
-    ap.add_argument("--stacks", default="baseline,ours",
-                    help="comma list: baseline, ours, ours+asynccommit, ours+nometrics, ours@uvicorn")
+    ap.add_argument("--stacks", default="baseline,ours,socketio",
+                    help="comma list: baseline, ours, socketio, ours+asynccommit, ours+nometrics, ours@uvicorn")
     ap.add_argument("--scenarios", default=None, help="comma list of scenario names (default: all of the mode)")
     ap.add_argument("--duration", type=float, default=None, help="seconds of sending per step")
     ap.add_argument("--steps", default=None, help="comma list of offered deliveries/s")
@@ -83,6 +105,41 @@ def parse(argv):
     ap.add_argument("--env", action="append", default=[], help="KEY=VALUE override for the product stack")
     ap.add_argument("--out", default=str(REPO / "bench" / "results" / "latest"))
     return ap.parse_args(argv)
+
+
+def run_stack(label, workers, names, table, args, extra_env, results, capacity_too, idle, connects):
+    """Start one stack with `workers` ws workers, run `names` (and idle capacity), tear it down."""
+    if not names and not (capacity_too and (idle or connects)):
+        return
+    stack = make_stack(label, workers, extra_env)
+    print(f"== {label}: starting stack with {workers} ws workers", flush=True)
+    if label.startswith("ours"):
+        results["meta"]["product_env_overrides"] = dict(stack.overrides)
+    stack.up()
+    try:
+        if label.endswith("@uvicorn"):
+            stack.swap_ws_to_uvicorn()
+        if "+asynccommit" in label:
+            # Bench-only: Postgres acknowledges COMMIT before its WAL flush.
+            stack.postgres_sql("ALTER SYSTEM SET synchronous_commit = off")
+            stack.postgres_sql("SELECT pg_reload_conf()")
+        out = results["stacks"].setdefault(label, {"label": stack.label, "stores": stack.stores, "fanout": {}})
+        for name in names:
+            kw = dict(table[name], name=name, sub_procs=args.sub_procs, workers=workers)
+            if args.duration:
+                kw["duration"] = args.duration
+            if args.pubs:
+                kw["pubs_per_room"] = args.pubs
+            if args.steps:
+                kw["steps"] = [int(s) for s in args.steps.split(",")]
+            print(f"== {label}: fan-out {name} (load average {os.getloadavg()[0]:.2f})", flush=True)
+            out["fanout"][name] = run_scenario(stack, Scenario(**kw), log=lambda m: print(m, flush=True))
+        if capacity_too and (idle or connects):
+            print(f"== {label}: idle capacity", flush=True)
+            out["capacity"] = capacity.measure(stack, connects=connects, idle_per_worker=idle,
+                                               log=lambda m: print(m, flush=True))
+    finally:
+        stack.down()
 
 
 def main(argv=None):
@@ -104,35 +161,15 @@ def main(argv=None):
     }
     t_start = time.monotonic()
     for label in args.stacks.split(","):
-        stack = make_stack(label, args.workers, extra_env)
-        print(f"== {label}: starting stack", flush=True)
-        if label.startswith("ours"):
-            results["meta"]["product_env_overrides"] = dict(stack.overrides)
-        stack.up()
-        try:
-            if label.endswith("@uvicorn"):
-                stack.swap_ws_to_uvicorn()
-            if "+asynccommit" in label:
-                # Bench-only: Postgres acknowledges COMMIT before its WAL flush.
-                stack.postgres_sql("ALTER SYSTEM SET synchronous_commit = off")
-                stack.postgres_sql("SELECT pg_reload_conf()")
-            out = results["stacks"][label] = {"label": stack.label, "fanout": {}}
-            for name in names:
-                kw = dict(table[name], name=name, sub_procs=args.sub_procs)
-                if args.duration:
-                    kw["duration"] = args.duration
-                if args.pubs:
-                    kw["pubs_per_room"] = args.pubs
-                if args.steps:
-                    kw["steps"] = [int(s) for s in args.steps.split(",")]
-                print(f"== {label}: fan-out {name}", flush=True)
-                out["fanout"][name] = run_scenario(stack, Scenario(**kw), log=lambda m: print(m, flush=True))
-            if idle or connects:
-                print(f"== {label}: idle capacity", flush=True)
-                out["capacity"] = capacity.measure(stack, connects=connects, idle_per_worker=idle,
-                                                   log=lambda m: print(m, flush=True))
-        finally:
-            stack.down()
+        # one stack start per worker count the scenarios ask for; idle capacity on the default count
+        groups = {}
+        for name in names:
+            groups.setdefault(table[name].get("workers") or args.workers, []).append(name)
+        groups.setdefault(args.workers, [])
+        for workers, group in groups.items():
+            run_stack(label, workers, group, table, args, extra_env, results,
+                      capacity_too=workers == args.workers and not label.startswith("socketio"),
+                      idle=idle, connects=connects)
     results["meta"]["seconds"] = round(time.monotonic() - t_start, 1)
     results["meta"]["loadavg_after"] = os.getloadavg()
     out_dir = report.write(results, args.out)

@@ -29,7 +29,7 @@ http {{
     server {{
         listen 127.0.0.1:{port};
         location = /nginx-health {{ return 200 "ok\\n"; }}
-        location /ws/ {{
+        location {location} {{
             proxy_pass http://ws;
             proxy_http_version 1.1;
             proxy_set_header Upgrade $http_upgrade;
@@ -46,6 +46,8 @@ class BaselineStack(procs.LoopbackURLs):
     """Same surface the bench uses from tests/stack.NativeStack: urls + server PIDs."""
 
     label = "baseline (seed tutorial)"
+    dialect = "chat"
+    stores = False  # the tutorial persists nothing
 
     def __init__(self, workers=2):
         self.workers = workers
@@ -77,7 +79,7 @@ class BaselineStack(procs.LoopbackURLs):
             procs.wait_port(port, self._procs[("ws", i)], log=self.state / f"ws{i}.log")
         servers = "\n".join(f"        server 127.0.0.1:{p};" for p in self.ws_ports)
         conf = self.state / "nginx.conf"
-        conf.write_text(NGINX_CONF.format(state=self.state, servers=servers, port=self.http_port))
+        conf.write_text(NGINX_CONF.format(state=self.state, servers=servers, port=self.http_port, location="/ws/"))
         log = self.state / "nginx.log"
         self._procs[("nginx", 0)] = procs.spawn(
             [shutil.which("nginx") or "/usr/sbin/nginx", "-c", str(conf), "-p", str(self.state),

@@ -44,7 +44,7 @@ def measure(stack, connects=1500, connect_concurrency=200, idle_per_worker=10000
     clients = [Proc("idle") for _ in range(procs)]
     try:
         # 1. connects/s through nginx (the public entry), with a light client
-        #    (bench.client._Handshake) and the CPU of every process while it runs
+        #    (bench.idle_client._Handshake) and the CPU of every process while it runs
         cpu = CpuWindow({**stack.server_pids(), **pids_of(clients)}).start()
         opened, elapsed, failures = _fan(clients, connects, [stack.ws_base + "/ws/chat/benchidle/"],
                                          connect_concurrency, deadline_s, light=True)

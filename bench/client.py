@@ -12,16 +12,15 @@ CLOCK_REALTIME), so no server field is trusted for timing.
 import asyncio
 import math
 import multiprocessing as mp
+import random
 import time
 from array import array
 from collections import Counter, defaultdict
 
 import websockets
 from websockets.asyncio.client import connect
-from websockets.client import ClientProtocol
-from websockets.frames import Frame, Opcode
-from websockets.typing import Origin
-from websockets.uri import parse_uri
+
+from bench.dialects import DIALECTS, Chat
 
 try:
     import orjson as _json
@@ -49,18 +48,25 @@ def _run(coro_factory, conn):
         asyncio.run(coro_factory(conn))
 
 
-async def _open(url, origin=ORIGIN):
+async def _open(url, origin=ORIGIN, dialect=Chat):
     """Connect and read the welcome frame; returns (ws, worker id or None)."""
     ws = await asyncio.wait_for(
         connect(url, origin=origin, compression=None, max_queue=None, open_timeout=CONNECT_TIMEOUT, proxy=None,
                 ping_interval=None, close_timeout=2),
         CONNECT_TIMEOUT)
-    first = await asyncio.wait_for(ws.recv(), CONNECT_TIMEOUT)
     try:
-        doc = loads(first)
-    except ValueError:
-        doc = {}
-    return ws, doc.get("worker")
+        worker = await asyncio.wait_for(dialect.hello(ws, ws.recv), CONNECT_TIMEOUT)
+    except BaseException:
+        await ws.close()
+        raise
+    return ws, worker
+
+
+def _failure(exc):
+    """A connect failure's key in the report: the HTTP status when the handshake got one."""
+    response = getattr(exc, "response", None)
+    status = getattr(response, "status_code", None)
+    return f"HTTP {status}" if status else type(exc).__name__
 
 
 class _Cmd:
@@ -81,6 +87,7 @@ class Subscribers:
     """Holds subscriber sockets; bins every delivery by the step tag in its text."""
 
     def __init__(self):
+        self.dialect = Chat
         self.socks = defaultdict(list)  # room -> [(ws, worker, task)]
         self.count = Counter()  # step -> deliveries
         self.lat = defaultdict(lambda: array("q"))  # step -> latency in us
@@ -88,15 +95,14 @@ class Subscribers:
         self.other = 0  # frames that were not bench messages (errors, history)
 
     async def _reader(self, room, ws):
-        count, lat = self.count, self.lat
+        count, lat, text_of, pong = self.count, self.lat, self.dialect.text_of, self.dialect.pong
         try:
             async for raw in ws:
                 now = time.time_ns()
-                try:
-                    text = loads(raw).get("message")
-                except (ValueError, AttributeError):
-                    text = None
+                text = text_of(raw)
                 if not text or text[0] != MARK:
+                    if pong and raw == self.dialect.ping:
+                        await ws.send(pong)
                     self.other += 1
                     continue
                 step, _room, _seq, sent = text[1:].split("|", 4)[:4]
@@ -109,11 +115,16 @@ class Subscribers:
             self.closed[code] += 1
             self.socks[room] = [s for s in self.socks[room] if s[0] is not ws]
 
-    async def ensure(self, urls, rooms, workers, concurrency=64, deadline_s=60.0):
-        """Top each room up to its target, at most ceil(k/workers) per worker per room.
+    async def ensure(self, urls, rooms, workers, concurrency=64, deadline_s=60.0, balance="room"):
+        """Top each room up to its target.
 
-        Through nginx the balancer picks the worker, so a socket landing on a
-        worker already at quota is closed and retried (bounded attempts).
+        balance="room": at most ceil(k/workers) per worker per room. Through
+        nginx the balancer picks the worker, so a socket landing on a worker
+        already at quota is closed and retried (bounded attempts).
+        balance="nginx": sockets connect in random order, as members of many
+        small rooms would, and only the worker totals are kept even (a
+        round-robin balancer's result while no worker fails): a room spans
+        one worker or several by chance.
         """
         sem = asyncio.Semaphore(concurrency)
         deadline = time.monotonic() + deadline_s
@@ -122,18 +133,21 @@ class Subscribers:
 
         async def one(room, quota, per_worker):
             async with sem:
-                for _attempt in range(12):
+                for attempt in range(12):
                     if time.monotonic() > deadline:
                         failures["deadline"] += 1
                         return
                     url = urls[rr[0] % len(urls)]
                     rr[0] += 1
                     try:
-                        ws, worker = await _open(f"{url}/ws/chat/{room}/")
+                        ws, worker = await _open(url + self.dialect.path(room), dialect=self.dialect)
                     except (OSError, asyncio.TimeoutError, websockets.InvalidHandshake,
                             websockets.ConnectionClosed) as exc:
-                        failures[type(exc).__name__] += 1
-                        await asyncio.sleep(0.05)
+                        failures[_failure(exc)] += 1
+                        # back off: nginx marks a worker failed for fail_timeout after one
+                        # error and answers 502 at once when none is left, so a tight
+                        # retry loop would burn every attempt in a few milliseconds
+                        await asyncio.sleep(min(2.0, 0.05 * 2 ** attempt))
                         continue
                     if per_worker[worker] >= quota:
                         await ws.close()
@@ -145,14 +159,23 @@ class Subscribers:
                 failures["unbalanced"] += 1
 
         jobs = []
+        overall = Counter(w for socks in self.socks.values() for _ws, w, _t in socks)
+        # 2 % + 1 of slack: round robin alternates workers, so with several connects
+        # in flight an exact quota can send one socket to the full worker every time
+        overall_quota = math.ceil(sum(rooms.values()) / max(1, workers) * 1.02) + 1
         for room, k in rooms.items():
-            quota = math.ceil(k / max(1, workers))
-            per_worker = Counter(w for _ws, w, _t in self.socks[room])
+            if balance == "room":
+                quota, per_worker = math.ceil(k / max(1, workers)), Counter(w for _ws, w, _t in self.socks[room])
+            else:
+                quota, per_worker = overall_quota, overall
             for _ in range(k - len(self.socks[room])):
-                jobs.append(one(room, quota, per_worker))
-        await asyncio.gather(*jobs)
+                jobs.append((room, quota, per_worker))
+        if balance != "room":
+            random.shuffle(jobs)
+        await asyncio.gather(*(one(*job) for job in jobs))
         dist = Counter(w for socks in self.socks.values() for _ws, w, _t in socks)
-        return {"workers": dict(dist), "alive": sum(dist.values()), "failures": dict(failures)}
+        spans = {room: sorted({w for _ws, w, _t in socks}) for room, socks in self.socks.items()}
+        return {"workers": dict(dist), "alive": sum(dist.values()), "failures": dict(failures), "spans": spans}
 
     async def close_all(self):
         socks = [s for lst in self.socks.values() for s in lst]
@@ -174,7 +197,9 @@ async def _subscriber_main(conn):
         msg = await cmd.next()
         op = msg["op"]
         if op == "ensure":
-            cmd.reply(await subs.ensure(msg["urls"], msg["rooms"], msg["workers"]))
+            subs.dialect = DIALECTS[msg.get("dialect", "chat")]
+            cmd.reply(await subs.ensure(msg["urls"], msg["rooms"], msg["workers"], balance=msg.get("balance", "room"),
+                                        deadline_s=msg.get("deadline_s", 60.0)))
         elif op == "count":
             cmd.reply(subs.count.get(str(msg["step"]), 0))
         elif op == "collect":
@@ -193,15 +218,19 @@ class Publishers:
     """Publisher sockets sending at a fixed rate; counts the server's refusals."""
 
     def __init__(self):
+        self.dialect = Chat
         self.socks = []  # [(room, ws)]
         self.errors = Counter()  # error code -> n
         self.tasks = []
 
     async def _drain(self, ws):
         """Read (and drop) the echo of our own messages so TCP never backs up."""
+        ping, pong = getattr(self.dialect, "ping", None), self.dialect.pong
         try:
             async for raw in ws:
-                if '"chat.error"' in raw:
+                if pong and raw == ping:
+                    await ws.send(pong)
+                elif '"chat.error"' in raw:
                     try:
                         self.errors[loads(raw).get("code", "?")] += 1
                     except ValueError:
@@ -209,14 +238,43 @@ class Publishers:
         except websockets.ConnectionClosed:
             self.errors[f"closed:{ws.close_code}"] += 1
 
-    async def connect(self, url, rooms, per_room, n_workers=1):
-        """Publisher sockets spread evenly over the workers (retry while unbalanced, bounded)."""
+    async def connect(self, url, rooms, per_room, n_workers=1, balance="room"):
+        """Publisher sockets spread evenly over the workers (retry while unbalanced, bounded).
+
+        balance="nginx": 32 connects in flight, worker totals kept even.
+        """
         workers = Counter()
+        if balance != "room":
+            sem = asyncio.Semaphore(32)
+            quota = math.ceil(len(rooms) * per_room / max(1, n_workers) * 1.02) + 1  # slack: see ensure()
+
+            async def one(room):
+                async with sem:
+                    for attempt in range(12):
+                        try:
+                            ws, worker = await _open(url + self.dialect.path(room), dialect=self.dialect)
+                        except (OSError, asyncio.TimeoutError, websockets.InvalidHandshake,
+                                websockets.ConnectionClosed):
+                            if attempt == 11:
+                                raise
+                            await asyncio.sleep(min(2.0, 0.05 * 2 ** attempt))  # see Subscribers.ensure
+                            continue
+                        if workers[worker] < quota or attempt == 11:
+                            workers[worker] += 1
+                            break
+                        await ws.close()
+                self.socks.append((room, ws))
+                self.tasks.append(asyncio.create_task(self._drain(ws)))
+
+            await asyncio.gather(*(one(room) for room in rooms for _ in range(per_room)))
+            order = {room: i for i, room in enumerate(rooms)}
+            self.socks.sort(key=lambda s: order[s[0]])  # round robin over rooms when sending
+            return dict(workers)
         for room in rooms:
             for _ in range(per_room):
                 quota = math.ceil((sum(workers.values()) + 1) / max(1, n_workers))
                 for attempt in range(8):
-                    ws, worker = await _open(f"{url}/ws/chat/{room}/")
+                    ws, worker = await _open(url + self.dialect.path(room), dialect=self.dialect)
                     if workers[worker] < quota or attempt == 7:
                         break
                     await ws.close()
@@ -235,6 +293,7 @@ class Publishers:
             return {"sent": {}, "elapsed": 0.0, "errors": dict(self.errors)}
         t0 = loop.time()
         hard_stop = t0 + 3 * duration + 5
+        encode = self.dialect.encode
         i = 0
         while i < total and loop.time() < hard_stop:
             due = min(total, int((loop.time() - t0) * rate) + 1)
@@ -242,7 +301,7 @@ class Publishers:
                 room, ws = live[i % len(live)]
                 text = f"{MARK}{step}|{room}|{i}|{time.time_ns()}{pad}"
                 try:
-                    await ws.send('{"message":"' + text + '"}')
+                    await ws.send(encode(text))
                     sent[room] += 1
                 except websockets.ConnectionClosed:
                     self.errors["send_closed"] += 1
@@ -264,7 +323,9 @@ async def _publisher_main(conn):
         msg = await cmd.next()
         op = msg["op"]
         if op == "connect":
-            cmd.reply(await pubs.connect(msg["url"], msg["rooms"], msg["per_room"], msg.get("n_workers", 1)))
+            pubs.dialect = DIALECTS[msg.get("dialect", "chat")]
+            cmd.reply(await pubs.connect(msg["url"], msg["rooms"], msg["per_room"], msg.get("n_workers", 1),
+                                         balance=msg.get("balance", "room")))
         elif op == "run":
             cmd.reply(await pubs.run(msg["step"], msg["rate"], msg["duration"], msg.get("pad", "")))
         elif op == "errors":
@@ -276,120 +337,19 @@ async def _publisher_main(conn):
                 return
 
 
-# ------------------------------------------------------------------ idle capacity
-class _Handshake(asyncio.Protocol):
-    """One connect for the connects/s figure: websockets' sans-I/O ClientProtocol
-    builds the request, checks the 101 and Sec-WebSocket-Accept and parses the
-    welcome frame, without the asyncio client's per-connection tasks and buffers.
-    The full client costs more CPU per handshake than the server does, so with it
-    the figure measured the load generator, not the stack."""
-
-    def __init__(self, url, done):
-        self.ws = ClientProtocol(parse_uri(url), origin=Origin(ORIGIN))
-        self.done = done
-        self.transport = None
-
-    def connection_made(self, transport):
-        self.transport = transport
-        self.ws.send_request(self.ws.connect())
-        self._flush()
-
-    def _flush(self):
-        for data in self.ws.data_to_send():
-            if data:
-                self.transport.write(data)
-
-    def data_received(self, data):
-        self.ws.receive_data(data)
-        self._flush()  # e.g. a pong for the server's keepalive ping
-        if self.done.done():
-            return
-        if self.ws.handshake_exc is not None:
-            self.done.set_exception(self.ws.handshake_exc)
-            return
-        for event in self.ws.events_received():
-            if isinstance(event, Frame) and event.opcode == Opcode.TEXT:
-                self.done.set_result(event.data)
-                return
-
-    def connection_lost(self, exc):
-        if not self.done.done():
-            self.done.set_exception(ConnectionError(f"closed before the welcome frame: {exc}"))
-
-    def close(self):
-        if self.transport is not None and not self.transport.is_closing():
-            self.ws.send_close(1000)
-            self._flush()
-            self.transport.close()
-
-
-async def _handshake(url):
-    """Connect through the sans-I/O client and wait for the welcome frame."""
-    uri = parse_uri(url)
-    done = asyncio.get_running_loop().create_future()
-    _transport, proto = await asyncio.wait_for(
-        asyncio.get_running_loop().create_connection(lambda: _Handshake(url, done), uri.host, uri.port),
-        CONNECT_TIMEOUT)
-    try:
-        await asyncio.wait_for(done, CONNECT_TIMEOUT)
-    except BaseException:
-        proto.close()
-        raise
-    return proto
-
-
-async def _idle_main(conn):
-    """Opens many idle sockets as fast as allowed; timing is measured here, not in the controller."""
-    cmd, held, handshakes = _Cmd(conn), [], []
-    while True:
-        msg = await cmd.next()
-        op = msg["op"]
-        if op == "open":
-            sem = asyncio.Semaphore(msg.get("concurrency", 100))
-            fails = Counter()
-            deadline = time.monotonic() + msg.get("deadline_s", 120)
-
-            async def one(url):
-                async with sem:
-                    if time.monotonic() > deadline:
-                        fails["deadline"] += 1
-                        return
-                    try:
-                        if msg.get("light"):
-                            handshakes.append(await _handshake(url))
-                        else:
-                            ws, _w = await _open(url)
-                            held.append(ws)
-                    except (OSError, asyncio.TimeoutError, websockets.InvalidHandshake,
-                            websockets.ConnectionClosed) as exc:
-                        fails[type(exc).__name__] += 1
-
-            t0 = time.monotonic()
-            before = len(held) + len(handshakes)
-            await asyncio.gather(*(one(msg["urls"][i % len(msg["urls"])]) for i in range(msg["n"])))
-            cmd.reply({"opened": len(held) + len(handshakes) - before, "elapsed": time.monotonic() - t0,
-                       "failures": dict(fails)})
-        elif op == "alive":
-            cmd.reply(sum(1 for ws in held if ws.close_code is None))
-        elif op in ("close_all", "exit"):
-            for proto in handshakes:
-                proto.close()
-            handshakes.clear()
-            await asyncio.gather(*(ws.close() for ws in held), return_exceptions=True)
-            held.clear()
-            cmd.reply(True)
-            if op == "exit":
-                return
-
-
-ROLES = {"sub": _subscriber_main, "pub": _publisher_main, "idle": _idle_main}
+ROLES = {"sub": _subscriber_main, "pub": _publisher_main}
 
 
 def _entry(role, conn):
     from bench.procs import raise_nofile
 
     raise_nofile()
-    _run(ROLES[role], conn)
+    if role == "idle":
+        from bench.idle_client import idle_main  # imports this module: resolved here, not at import time
+
+        _run(idle_main, conn)
+    else:
+        _run(ROLES[role], conn)
 
 
 class Proc:

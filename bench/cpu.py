@@ -45,6 +45,11 @@ class CpuWindow:
         return {name: round(100.0 * (end[name] - self._start.get(name, 0.0)) / wall, 1)
                 for name in end}
 
+    def seconds(self):
+        """CPU-seconds each process (with children) used since start(), without stopping."""
+        end = self._times()
+        return {name: round(end[name] - self._start.get(name, 0.0), 4) for name in end}
+
 
 def rss(pid, children=False):
     """Resident set size in bytes (optionally with children, e.g. nginx workers)."""

@@ -4,7 +4,13 @@ A step passes when every message sent reached every subscriber of its room
 (0 lost) with p99 <= the latency budget. The knee is the highest delivered/s of
 a passing step. Steps stop after `max_failures` failing steps, so an overloaded
 stack never turns the run into a long wait.
+
+Per step, the ws workers' CPU-seconds from the first send to the end of the
+drain give deliveries per server CPU-second; for a stack that stores, the
+Postgres transactions of its database over all the steps, divided by the
+messages stored, give transactions per stored message.
 """
+import os
 import time
 from dataclasses import asdict, dataclass, field
 
@@ -26,6 +32,8 @@ class Scenario:
     sub_procs: int = 2
     p99_budget_ms: float = 250.0
     max_failures: int = 2
+    balance: str = "room"  # "room": even per room per worker; "nginx": where nginx puts each socket
+    workers: int = 0  # ws workers the stack runs for this scenario (0: the run's --workers)
 
 
 def _percentiles(lat_us):
@@ -46,12 +54,14 @@ class FanoutRun:
 
     def __init__(self, stack, sc, log=print):
         self.stack, self.sc, self.log = stack, sc, log
-        self.rooms = [f"bench{i}" for i in range(sc.rooms)]
+        self.rooms = [f"b{sc.name}_{i}" for i in range(sc.rooms)]
         self.subs = [Proc("sub") for _ in range(sc.sub_procs)]
         self.pub = Proc("pub")
         self.workers = len(stack.ws_worker_urls)
         self.distribution = {}
         self.pub_distribution = {}
+        self.spans = {}
+        self.dialect = getattr(stack, "dialect", "chat")
 
     def close(self):
         for p in self.subs + [self.pub]:
@@ -62,22 +72,38 @@ class FanoutRun:
         """Connect (or top up after a shed) every subscriber, balanced over the workers."""
         shares = [dict() for _ in self.subs]
         for room in self.rooms:
+            if self.sc.balance != "room":
+                # a room's members spread over the client processes; nginx picks their workers
+                for i, k in enumerate(_split(self.sc.subs_per_room, len(self.subs))):
+                    if k:
+                        shares[i][room] = k
+                continue
             # Whole multiples of the worker count per process, so each process's
             # own per-worker quota adds up to an exact global balance.
             units, rest = divmod(self.sc.subs_per_room, self.workers)
             for i, u in enumerate(_split(units, len(self.subs))):
                 shares[i][room] = u * self.workers + (rest if i == 0 else 0)
+        # thousands of sockets on a loaded 2-core machine can take minutes: bounded, scaled
+        deadline_s = 60.0 + 0.05 * self.sc.rooms * self.sc.subs_per_room
         for p, rooms in zip(self.subs, shares):
-            p.send(op="ensure", urls=[self.stack.ws_base], rooms=rooms, workers=self.workers)
-        dist, alive, failures = {}, 0, {}
+            p.send(op="ensure", urls=[self.stack.ws_base], rooms=rooms, workers=self.workers,
+                   dialect=self.dialect, balance=self.sc.balance, deadline_s=deadline_s)
+        dist, alive, failures, spans = {}, 0, {}, {}
         for p in self.subs:
-            r = p.recv(timeout=180)
+            r = p.recv(timeout=deadline_s + 120)
             alive += r["alive"]
             for w, n in r["workers"].items():
                 dist[w] = dist.get(w, 0) + n
             for k, n in r["failures"].items():
                 failures[k] = failures.get(k, 0) + n
+            for room, ws in r.get("spans", {}).items():
+                spans.setdefault(room, set()).update(ws)
         self.distribution = dist
+        # how many rooms span 1, 2, ... workers (a room on one worker needs no cross-worker hop)
+        hist = {}
+        for ws in spans.values():
+            hist[str(len(ws))] = hist.get(str(len(ws)), 0) + 1
+        self.spans = dict(sorted(hist.items()))
         want = self.sc.rooms * self.sc.subs_per_room
         if alive < want:
             raise RuntimeError(f"only {alive}/{want} subscribers connected ({failures})")
@@ -87,9 +113,10 @@ class FanoutRun:
         dist = self.ensure_subscribers()
         self.pub_distribution = self.pub.call(op="connect", url=self.stack.ws_base, rooms=self.rooms,
                                               per_room=self.sc.pubs_per_room, n_workers=self.workers,
-                                              timeout=60)
+                                              dialect=self.dialect, balance=self.sc.balance,
+                                              timeout=120 + 0.1 * self.sc.rooms * self.sc.pubs_per_room)
         self.log(f"  {self.sc.name}: {sum(dist.values())} subscribers over workers {sorted(dist.values())}, "
-                 f"publishers {sorted(self.pub_distribution.values())}")
+                 f"publishers {sorted(self.pub_distribution.values())}, rooms spanning k workers {self.spans}")
         return dist
 
     # ------------------------------------------------------------------ steps
@@ -128,6 +155,8 @@ class FanoutRun:
         sent = sum(res["sent"].values())
         expected = sent * sc.subs_per_room
         self._drain(step, expected)
+        cpu_s = cpu.seconds()  # send start .. drain end: every delivery's server work
+        ws_cpu_s = sum(v for k, v in cpu_s.items() if k.startswith("ws"))
         lat, received, closed, alive = [], 0, {}, 0
         for p in self.subs:
             r = p.call(op="collect", step=step, timeout=60)
@@ -155,16 +184,40 @@ class FanoutRun:
             "alive_after": alive,
             **_percentiles(lat_us),
             "cpu_pct": cpu_pct,
+            "ws_cpu_s": round(ws_cpu_s, 3),
+            "deliveries_per_ws_cpu_s": round(min(received, expected) / ws_cpu_s) if ws_cpu_s > 0 else None,
         }
         row["ok"] = bool(row["lost"] == 0 and row["p99_ms"] is not None and row["p99_ms"] <= sc.p99_budget_ms
                          and not closed)
         return row
 
+    def _db_settled(self):
+        """(transactions, stored messages, probes made) once the database's counters stop moving.
+
+        Waits out the product's quiet-room checks (2 s after a room's last
+        message) and Postgres's stats flush (at most 1 s behind an active
+        backend); the probes' own transactions are subtracted by the caller.
+        """
+        time.sleep(3.0)
+        last = self.stack.db_counts()
+        for _ in range(10):  # bounded: ~15 s
+            time.sleep(1.5)
+            now = self.stack.db_counts()
+            if now[1] == last[1] and now[0] - last[0] <= self.stack.probe_xacts:
+                return now
+            last = now
+        return last
+
     def run(self):
         """Warm up, then step the offered load; returns the scenario's result dict."""
         self.connect()
-        warm = self.run_step(0, min(self.sc.steps[0], 200))
+        # at least one message per room, so no step pays for a room's first message
+        # (its Postgres row, a worker's first subscription) where the others do not
+        sc = self.sc
+        warm = self.run_step(0, max(min(sc.steps[0], 200), sc.rooms * sc.subs_per_room / sc.duration))
         self.log(f"  warm-up: received {warm['received']}/{warm['expected']}")
+        stores = getattr(self.stack, "stores", False)
+        db0 = self._db_settled() if stores else None
         rows, failures = [], 0
         for i, offered in enumerate(self.sc.steps, 1):
             if i > 1 and (rows[-1]["shed_sockets"] or rows[-1]["alive_after"] < self.sc.rooms * self.sc.subs_per_room):
@@ -177,16 +230,32 @@ class FanoutRun:
                 failures += 1
                 if failures >= self.sc.max_failures:
                     break
+        db = None
+        if stores:
+            db1 = self._db_settled()
+            probes = db1[2] - db0[2]
+            xacts = db1[0] - db0[0] - probes * self.stack.probe_xacts  # less the probes' own transactions
+            stored = db1[1] - db0[1]
+            db = {"transactions": xacts, "stored": stored, "probes": probes, "probe_xacts": self.stack.probe_xacts,
+                  "per_stored_message": round(xacts / stored, 3) if stored else None}
+            self.log(f"  Postgres: {xacts} transactions for {stored} stored messages = "
+                     f"{db['per_stored_message']} per message")
         passing = [r for r in rows if r["ok"]]
         knee = max(passing, key=lambda r: r["delivered_per_s"]) if passing else None
-        return {"scenario": asdict(self.sc), "distribution": self.distribution,
-                "publisher_distribution": self.pub_distribution, "warmup": warm,
-                "steps": rows, "knee": knee}
+        return {"scenario": asdict(self.sc), "workers": self.workers, "distribution": self.distribution,
+                "rooms_spanning_workers": self.spans, "publisher_distribution": self.pub_distribution,
+                "warmup": warm, "steps": rows, "knee": knee, "postgres": db,
+                "loadavg": list(os.getloadavg())}
 
 
 def run_scenario(stack, sc, log=print):
+    """The scenario's results; a scenario that cannot run is recorded as an error, not a crash of the run."""
     run = FanoutRun(stack, sc, log)
     try:
         return run.run()
+    except (RuntimeError, TimeoutError) as exc:
+        log(f"  {sc.name}: ERROR {exc}")
+        return {"scenario": asdict(sc), "workers": run.workers, "error": str(exc)[:500], "steps": [],
+                "knee": None, "postgres": None, "distribution": run.distribution, "loadavg": list(os.getloadavg())}
     finally:
         run.close()

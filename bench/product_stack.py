@@ -10,6 +10,7 @@ import os
 import shutil
 import subprocess
 import tempfile
+import time
 from pathlib import Path
 
 from bench import procs
@@ -36,6 +37,8 @@ class ProductStack(procs.LoopbackURLs):
     """Same surface as BaselineStack: urls, server PIDs, up/down."""
 
     label = "ours (product)"
+    dialect = "chat"
+    stores = True  # persists every message: the bench reports Postgres transactions per stored message
 
     def __init__(self, workers=2, extra_env=None):
         self.workers = workers
@@ -52,6 +55,8 @@ class ProductStack(procs.LoopbackURLs):
             LOCAL_METRICS_BASE_PORT=self._free_run(10 + workers, below_ephemeral=True) + 1,
             **OVERRIDES, **(extra_env or {}))
         self.overrides = {**OVERRIDES, **(extra_env or {})}
+        self.db_probes = 0
+        self.probe_xacts = None  # transactions one db_counts() probe adds, measured by up()
 
     @staticmethod
     def _free_run(n, tries=50, below_ephemeral=False):
@@ -92,7 +97,22 @@ class ProductStack(procs.LoopbackURLs):
             out = res.stdout[-3000:] + res.stderr[-3000:]
             self.down()
             raise RuntimeError(f"scripts/local up failed ({res.returncode}):\n{out}")
+        self._calibrate_probe()
         return self
+
+    def _calibrate_probe(self):
+        """How many transactions one psql probe itself adds to the app's database.
+
+        A psql connection commits its query and, before it, the backend's own
+        startup transaction (2 on Postgres 15, measured here rather than assumed).
+        A backend flushes its counters when it exits, so back-to-back probes on
+        the idle stack differ by exactly that cost; the smallest of a few
+        differences is taken in case a server's pool connection was still
+        flushing its startup.
+        """
+        time.sleep(1.5)
+        reads = [self.db_counts()[0] for _ in range(4)]
+        self.probe_xacts = min(b - a for a, b in zip(reads, reads[1:]))
 
     def server_pids(self):
         run = self.state / "run"
@@ -108,15 +128,29 @@ class ProductStack(procs.LoopbackURLs):
                 out[f"ws{i}"] = pid
         return out
 
-    def postgres_sql(self, sql):
+    def postgres_sql(self, sql, db="postgres"):
         """Run SQL as the postgres superuser over the runner's private socket (bench experiments)."""
         port = self.env["LOCAL_PG_PORT"]
         psql = sorted(Path("/usr/lib/postgresql").glob("*/bin/psql"))[-1]
-        res = subprocess.run(["runuser", "-u", "postgres", "--", str(psql), "-X", "-q", "-h", str(self.state / "pgsock"),
-                              "-p", port, "-d", "postgres", "-c", sql], capture_output=True, text=True, timeout=30)
+        res = subprocess.run(["runuser", "-u", "postgres", "--", str(psql), "-X", "-q", "-At", "-h",
+                              str(self.state / "pgsock"), "-p", port, "-d", db, "-c", sql],
+                             capture_output=True, text=True, timeout=30)
         if res.returncode != 0:
             raise RuntimeError(f"psql failed: {res.stderr[-1000:]}")
         return res.stdout
+
+    def db_counts(self):
+        """(transactions committed + rolled back, messages stored, probes so far) of the app's database.
+
+        A probe adds `probe_xacts` transactions to that database: the caller
+        subtracts them for the probes made between two readings (`db_probes`).
+        """
+        db = self.app_env().get("POSTGRES_DB") or "chat"
+        out = self.postgres_sql("SELECT xact_commit + xact_rollback, (SELECT count(*) FROM chat_message) "
+                                "FROM pg_stat_database WHERE datname = current_database()", db=db)
+        self.db_probes += 1
+        xacts, stored = (int(v) for v in out.strip().split("|"))
+        return xacts, stored, self.db_probes
 
     def app_env(self):
         """The environment scripts/local gives its servers, rebuilt for a swapped-in ws server."""

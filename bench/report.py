@@ -6,6 +6,8 @@ ratio, because absolute numbers on a shared 2-core box mean little alone.
 import json
 from pathlib import Path
 
+from bench import report_rooms
+
 TARGET_KNEE_RATIO = 20.0
 TARGET_RATE, TARGET_P99_MS = 10000, 50.0
 TARGET_IDLE, TARGET_RSS_KIB, TARGET_CONNECTS = 10000, 20.0, 2000
@@ -97,6 +99,11 @@ def markdown(results):
     lines += ["", "| target | measured (ours) | met |", "| --- | ---: | :---: |"]
     for name, value, ok in targets(results):
         lines.append(f"| {name} | {_fmt(value)} | {'yes' if ok else '**no**'} |")
+    lines += ["", "Every scenario and stack (deliveries per ws CPU-s: the server processes' own CPU, from the first "
+              "send of the knee step to the end of its drain):", "", report_rooms.markdown(results)]
+    tm = report_rooms.targets_markdown(results)
+    if tm:
+        lines += ["", tm]
     extra = [label for label in results["stacks"] if label not in ("baseline", "ours")]
     if extra:
         lines += ["", "Options measured in the same run (bench-only; not the product unless stated):", "",
@@ -118,17 +125,23 @@ def markdown(results):
             if not res:
                 continue
             sc = res["scenario"]
+            spans = res.get("rooms_spanning_workers")
             lines += ["", f"**{name}, {label}**: {sc['rooms']} room(s) × {sc['subs_per_room']} subscribers, "
-                          f"{sc['pubs_per_room']} publisher socket(s)/room, {sc['duration']} s per step; "
-                          f"subscribers per worker {sorted(res['distribution'].values())}.", "",
+                          f"{sc['pubs_per_room']} publisher socket(s)/room, {sc['duration']} s per step, "
+                          f"{res.get('workers', 2)} ws workers; "
+                          f"subscribers per worker {sorted(res['distribution'].values())}"
+                          + (f"; rooms spanning 1, 2, … workers: {spans}" if spans and sc["rooms"] > 1 else "")
+                          + ".", "",
                       "| offered/s | delivered/s | lost | refused | shed | p50 ms | p95 ms | p99 ms "
-                      "| CPU% ws | redis | nginx | postgres | clients | ok |",
-                      "| ---: | ---: | ---: | --- | --- | ---: | ---: | ---: | --- | ---: | ---: | ---: | --- | :---: |"]
+                      "| CPU% ws | per ws CPU-s | redis | nginx | postgres | clients | ok |",
+                      "| ---: | ---: | ---: | --- | --- | ---: | ---: | ---: | --- | ---: | ---: | ---: | ---: | --- "
+                      "| :---: |"]
             for r in res["steps"]:
                 ws, redis, nginx, pg, client = _cpu_cols(r)
                 lines.append(f"| {_fmt(r['offered_per_s'])} | {_fmt(r['delivered_per_s'])} | {_fmt(r['lost'])} "
                              f"| {r['refused'] or ''} | {r['shed_sockets'] or ''} | {_fmt(r['p50_ms'])} "
-                             f"| {_fmt(r['p95_ms'])} | {_fmt(r['p99_ms'])} | {ws} | {redis} | {nginx} | {pg} "
+                             f"| {_fmt(r['p95_ms'])} | {_fmt(r['p99_ms'])} | {ws} "
+                             f"| {_fmt(r.get('deliveries_per_ws_cpu_s'))} | {redis} | {nginx} | {pg} "
                              f"| {client} | {'yes' if r['ok'] else 'no'} |")
     for label in results["stacks"]:
         cap = results["stacks"].get(label, {}).get("capacity")
@@ -146,40 +159,76 @@ def markdown(results):
     return "\n".join(lines) + "\n"
 
 
+COLORS = {"baseline": "tab:red", "ours": "tab:blue", "socketio": "tab:green"}
+
+
+def _latency_panel(ax, results, name):
+    palette = iter(["tab:purple", "tab:orange", "tab:brown", "tab:olive"])
+    for label in results["stacks"]:
+        color = COLORS.get(label) or next(palette, "black")
+        res = results["stacks"].get(label, {}).get("fanout", {}).get(name)
+        if not res:
+            continue
+        pts = [r for r in res["steps"] if r["p99_ms"] is not None]
+        x = [r["delivered_per_s"] for r in pts]
+        ax.plot(x, [r["p99_ms"] for r in pts], "o-", color=color, label=f"{label} p99")
+        ax.plot(x, [r["p50_ms"] for r in pts], "x--", color=color, alpha=0.6, label=f"{label} p50")
+        for r in pts:
+            if r["lost"]:
+                ax.annotate("loss", (r["delivered_per_s"], r["p99_ms"]), fontsize=7, color=color)
+    ax.axhline(250, color="grey", lw=0.8, ls=":")
+    ax.set_yscale("log")
+    ax.set_xlabel("delivered messages/s")
+    ax.set_ylabel("latency, ms (log)")
+    ax.set_title(f"fan-out {name}", fontsize=9)
+    ax.grid(True, which="both", alpha=0.3)
+    ax.legend(fontsize=6)
+
+
+def _cpu_panel(ax, results):
+    """Deliveries per ws-worker CPU-second at each scenario's knee, one bar per stack."""
+    rows = report_rooms.rows(results)
+    names = [n for n in results["scenarios"] if any(r[0] == n for r in rows)]
+    labels = list(results["stacks"])
+    width = 0.8 / max(1, len(labels))
+    for i, label in enumerate(labels):
+        vals = {n: r["per_ws_cpu_s"] or 0 for n, s, r in rows if s == label}
+        ax.bar([j + i * width for j in range(len(names))], [vals.get(n, 0) for n in names], width,
+               color=COLORS.get(label, "grey"), label=label)
+    ax.set_xticks([j + width * (len(labels) - 1) / 2 for j in range(len(names))])
+    ax.set_xticklabels(names, rotation=30, fontsize=7, ha="right")
+    ax.set_yscale("log")
+    ax.set_ylabel("deliveries per ws CPU-second (log)")
+    ax.set_title("server CPU cost at the knee (higher is better)", fontsize=9)
+    ax.grid(True, axis="y", alpha=0.3)
+    ax.legend(fontsize=7)
+
+
 def plot(results, path):
     import matplotlib
 
     matplotlib.use("Agg")
     import matplotlib.pyplot as plt
 
-    names = results["scenarios"]
-    if not names:
+    names = [n for n in results["scenarios"]
+             if any(len((st.get("fanout", {}).get(n) or {}).get("steps", [])) > 1
+                    for st in results["stacks"].values())]  # fixed-rate scenarios have no curve
+    if not results["scenarios"]:
         return  # capacity-only run: nothing to plot
-    fig, axes = plt.subplots(1, len(names), figsize=(5.2 * len(names), 4.2), squeeze=False)
-    for ax, name in zip(axes[0], names):
-        palette = iter(["tab:green", "tab:purple", "tab:orange", "tab:brown", "tab:olive"])
-        for label in results["stacks"]:
-            color = {"baseline": "tab:red", "ours": "tab:blue"}.get(label) or next(palette, "black")
-            res = results["stacks"].get(label, {}).get("fanout", {}).get(name)
-            if not res:
-                continue
-            pts = [r for r in res["steps"] if r["p99_ms"] is not None]
-            x = [r["delivered_per_s"] for r in pts]
-            ax.plot(x, [r["p99_ms"] for r in pts], "o-", color=color, label=f"{label} p99")
-            ax.plot(x, [r["p50_ms"] for r in pts], "x--", color=color, alpha=0.6, label=f"{label} p50")
-            for r in pts:
-                if r["lost"]:
-                    ax.annotate("loss", (r["delivered_per_s"], r["p99_ms"]), fontsize=7, color=color)
-        ax.axhline(250, color="grey", lw=0.8, ls=":")
-        ax.set_yscale("log")
-        ax.set_xlabel("delivered messages/s")
-        ax.set_ylabel("latency, ms (log)")
-        ax.set_title(f"fan-out {name}")
-        ax.grid(True, which="both", alpha=0.3)
-        ax.legend(fontsize=7)
-    fig.suptitle("Django Channels fan-out, 2 daphne workers: ours vs the seed's tutorial baseline", fontsize=10)
+    panels = len(names) + 1
+    cols = min(4, panels)
+    rows_n = -(-panels // cols)
+    fig, axes = plt.subplots(rows_n, cols, figsize=(4.6 * cols, 3.9 * rows_n), squeeze=False)
+    flat = list(axes.flat)
+    for ax, name in zip(flat, names):
+        _latency_panel(ax, results, name)
+    _cpu_panel(flat[len(names)], results)
+    for ax in flat[panels:]:
+        ax.set_visible(False)
+    fig.suptitle("WebSocket fan-out on 2 cores, same run: ours vs the seed's tutorial baseline vs Socket.IO "
+                 "(Socket.IO and baseline store nothing)", fontsize=10)
     fig.tight_layout()
-    fig.savefig(path, dpi=110)
+    fig.savefig(path, dpi=100)
     plt.close(fig)
 
 

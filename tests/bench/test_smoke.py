@@ -1,8 +1,10 @@
 """CI smoke of `make bench`: the benchmark runs end to end and writes a complete report.
 
-Nothing here asserts speed (CI machines vary); it asserts that each stack came
-up, every step delivered and was measured, and the three outputs exist, so a
-broken load generator or stack cannot hide behind a green bench.
+Nothing here asserts speed (CI machines vary); it asserts that each stack (the
+baseline, ours and the Socket.IO peer) came up, every scenario (one room, many
+small rooms, sparse rooms with 2 and 4 workers) delivered and was measured, and
+the three outputs exist, so a broken load generator or stack cannot hide behind
+a green bench.
 """
 import json
 import subprocess
@@ -11,6 +13,9 @@ from pathlib import Path
 import pytest
 
 REPO = Path(__file__).resolve().parents[2]
+STACKS = ["baseline", "ours", "socketio"]
+SCENARIOS = {"N10": (1, 10, 2), "DM20": (20, 2, 2), "G4x5": (4, 5, 2), "SPARSE10x4": (10, 4, 2),
+             "SPARSE10x4w4": (10, 4, 4)}  # rooms, subscribers per room, ws workers
 
 pytestmark = pytest.mark.slow
 
@@ -19,7 +24,7 @@ pytestmark = pytest.mark.slow
 def smoke(tmp_path_factory):
     out = tmp_path_factory.mktemp("bench")
     proc = subprocess.run([str(REPO / "scripts" / "bench"), "--smoke", "--out", str(out)],
-                          cwd=REPO, capture_output=True, text=True, timeout=240)
+                          cwd=REPO, capture_output=True, text=True, timeout=600)
     assert proc.returncode == 0, proc.stdout[-4000:] + proc.stderr[-4000:]
     return out, json.loads((out / "results.json").read_text()), proc.stdout
 
@@ -33,20 +38,52 @@ def test_writes_the_three_outputs(smoke):
     assert "loss-free delivered/s" in md
 
 
-@pytest.mark.parametrize("label", ["baseline", "ours"])
-def test_every_step_is_measured(smoke, label):
+@pytest.mark.parametrize("label", STACKS)
+@pytest.mark.parametrize("name", SCENARIOS)
+def test_every_step_is_measured(smoke, label, name):
     _out, results, _stdout = smoke
-    res = results["stacks"][label]["fanout"]["N10"]
-    assert sorted(res["distribution"].values()) == [5, 5], "subscribers not spread over the 2 workers"
+    rooms, subs, workers = SCENARIOS[name]
+    res = results["stacks"][label]["fanout"][name]
+    assert res["workers"] == workers
+    assert sum(res["distribution"].values()) == rooms * subs
+    assert len(res["distribution"]) == workers, f"subscribers not spread over the {workers} workers"
+    if name == "N10":
+        assert sorted(res["distribution"].values()) == [5, 5]
+    else:  # placed by nginx: every room is on at least one worker
+        assert sum(res["rooms_spanning_workers"].values()) == rooms
     assert res["steps"], "no load step ran"
     for row in res["steps"]:
         assert row["sent"] > 0 and row["received"] > 0
-        assert row["expected"] == row["sent"] * 10
+        assert row["expected"] == row["sent"] * subs
         for key in ("offered_per_s", "delivered_per_s", "lost", "p50_ms", "p95_ms", "p99_ms"):
             assert isinstance(row[key], (int, float)), (key, row)
         assert row["p50_ms"] <= row["p95_ms"] <= row["p99_ms"]
         assert any(k.startswith("ws") for k in row["cpu_pct"]) and any(k.startswith("client") for k in row["cpu_pct"])
+        assert row["ws_cpu_s"] > 0 and row["deliveries_per_ws_cpu_s"] > 0
     assert res["knee"] is not None, "not even the smallest step delivered everything"
+
+
+@pytest.mark.parametrize("name", SCENARIOS)
+def test_postgres_transactions_per_stored_message(smoke, name):
+    _out, results, _stdout = smoke
+    pg = results["stacks"]["ours"]["fanout"][name]["postgres"]
+    sent = sum(r["sent"] for r in results["stacks"]["ours"]["fanout"][name]["steps"])
+    assert pg["stored"] == sent, "every message sent in the steps is stored, and only those"
+    assert pg["transactions"] >= 1 and pg["per_stored_message"] == round(pg["transactions"] / sent, 3)
+    for label in ("baseline", "socketio"):
+        assert results["stacks"][label]["fanout"][name]["postgres"] is None
+
+
+def test_comparison_table(smoke):
+    out, results, _stdout = smoke
+    md = (out / "results.md").read_text()
+    table = [line for line in md.splitlines() if line.startswith("| ") and " | " in line]
+    for name in SCENARIOS:
+        ours = next(line for line in table if line.startswith(f"| {name} | ours | "))
+        assert ours.count("|") == 10 and "n/a" not in ours
+        peer = next(line for line in table if line.startswith(f"| {name} | socketio | "))
+        assert "n/a (stores nothing)" in peer
+    assert "Socket.IO 4 + redis-adapter (peer, no persistence)" in md
 
 
 @pytest.mark.parametrize("label", ["baseline", "ours"])

@@ -1,0 +1,129 @@
+"""The per-scenario, per-stack comparison table (issue 14) and its verdicts.
+
+One row per scenario and stack: the loss-free knee in deliveries/s, the same as
+a share of that stack's N10 knee, deliveries per ws-worker CPU-second (the
+server processes only: daphne workers for ours and the baseline, the Node
+processes for the Socket.IO peer; never nginx or the load generator), p99 at
+the knee, and Postgres transactions per stored message ("n/a" for stacks that
+store nothing). Fixed-rate scenarios (one step, e.g. SPARSE100x4) report their
+one step in the knee columns.
+"""
+
+TARGET_MANY_VS_N10 = 0.5  # many-room knee >= 50 % of the same run's N10 knee
+TARGET_XACT_PER_MSG = 1.2  # Postgres transactions per stored message, sparse rooms
+NO_STORE = "n/a (stores nothing)"
+
+
+def _res(results, label, name):
+    return results["stacks"].get(label, {}).get("fanout", {}).get(name) or {}
+
+
+def _knee(res):
+    """The knee row, or the one step of a fixed-rate scenario even when it failed."""
+    if res.get("knee"):
+        return res["knee"]
+    steps = res.get("steps") or []
+    return steps[0] if len(steps) == 1 else {}
+
+
+def is_many_room(res):
+    sc = res.get("scenario") or {}
+    return sc.get("rooms", 1) > 1 and len(sc.get("steps", [])) > 1
+
+
+def is_sparse(res):
+    sc = res.get("scenario") or {}
+    return len(sc.get("steps", [])) == 1
+
+
+def rows(results):
+    """[(scenario, stack, dict of figures)] in scenario order, stacks in run order."""
+    out = []
+    for name in results["scenarios"]:
+        for label, st in results["stacks"].items():
+            res = _res(results, label, name)
+            if not res:
+                continue
+            knee = _knee(res)
+            n10 = _knee(_res(results, label, "N10")).get("delivered_per_s")
+            pg = res.get("postgres")
+            out.append((name, label, {
+                "workers": res.get("workers"),
+                "knee_per_s": knee.get("delivered_per_s"),
+                "knee_ok": bool(knee.get("ok")),
+                "vs_n10": round(knee["delivered_per_s"] / n10, 2) if n10 and knee.get("delivered_per_s")
+                and is_many_room(res) else None,
+                "per_ws_cpu_s": knee.get("deliveries_per_ws_cpu_s"),
+                "p99_ms": knee.get("p99_ms"),
+                "xact_per_msg": (pg or {}).get("per_stored_message") if st.get("stores") else NO_STORE,
+                "xacts": (pg or {}).get("transactions"), "stored": (pg or {}).get("stored"),
+                "spans": res.get("rooms_spanning_workers"),
+                "loadavg": (res.get("loadavg") or [None])[0],
+                "error": res.get("error"),
+            }))
+    return out
+
+
+def _f(v, suffix=""):
+    if v is None:
+        return "—"
+    if isinstance(v, str):
+        return v
+    if isinstance(v, float) and v < 100:
+        return f"{v:,.2f}{suffix}"
+    return f"{v:,.0f}{suffix}"
+
+
+def markdown(results):
+    lines = ["| scenario | stack | ws workers | knee deliveries/s | ÷ own N10 knee | deliveries per ws CPU-s "
+             "| p99 ms | Postgres xact per stored msg | load avg (1 min, at end) |",
+             "| --- | --- | ---: | ---: | ---: | ---: | ---: | ---: | ---: |"]
+    for name, label, r in rows(results):
+        knee = _f(r["knee_per_s"]) + ("" if r["knee_ok"] else " (failed)")
+        if r.get("error"):
+            knee = f"error: {r['error'][:80]}"
+        xact = r["xact_per_msg"]
+        if isinstance(xact, float):
+            xact = f"{xact:.2f} ({r['xacts']:,}/{r['stored']:,})"
+        lines.append(f"| {name} | {label} | {_f(r['workers'])} | {knee} | {_f(r['vs_n10'], '×')} "
+                     f"| {_f(r['per_ws_cpu_s'])} | {_f(r['p99_ms'])} | {_f(xact)} | {_f(r['loadavg'])} |")
+    peers = [st["label"] for st in results["stacks"].values() if not st.get("stores")]
+    if peers:
+        lines += ["", "Stacks that store nothing (" + "; ".join(peers) + ") skip the Postgres write every "
+                  "message of ours makes: compare their figures with that in mind."]
+    return "\n".join(lines)
+
+
+def targets(results):
+    """Issue 14's targets: (target, measured, met) for ours."""
+    out = []
+    by = {(n, s): r for n, s, r in rows(results)}
+    for name in results["scenarios"]:
+        res = _res(results, "ours", name)
+        if res and is_many_room(res):
+            r = by[(name, "ours")]
+            out.append((f"{name}: knee ≥ 50 % of ours' N10 knee", _f(r["vs_n10"], "×"),
+                        bool(r["vs_n10"] and r["vs_n10"] >= TARGET_MANY_VS_N10)))
+        if res and is_sparse(res) and res.get("postgres"):
+            v = res["postgres"].get("per_stored_message")
+            out.append((f"{name} ({res.get('workers')} workers): ≤ 1.2 Postgres xact per stored message", _f(v),
+                        bool(v is not None and v <= TARGET_XACT_PER_MSG)))
+        peer = by.get((name, "socketio"))
+        if res and peer:
+            o, p = by[(name, "ours")]["per_ws_cpu_s"], peer["per_ws_cpu_s"]
+            out.append((f"{name}: ahead of Socket.IO in deliveries per server CPU-s",
+                        f"{_f(o)} vs {_f(p)}", bool(o and p and o > p)))
+            if not is_sparse(res):
+                o, p = by[(name, "ours")]["knee_per_s"], peer["knee_per_s"]
+                out.append((f"{name}: ahead of Socket.IO in loss-free knee", f"{_f(o)} vs {_f(p)}",
+                            bool(o and p and o > p)))
+    return out
+
+
+def targets_markdown(results):
+    found = targets(results)
+    if not found:
+        return ""
+    lines = ["| target (issue 14) | measured (ours) | met |", "| --- | ---: | :---: |"]
+    lines += [f"| {t} | {m} | {'yes' if ok else '**no**'} |" for t, m, ok in found]
+    return "\n".join(lines)
