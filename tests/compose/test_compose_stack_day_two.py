@@ -58,8 +58,8 @@ async def test_make_down_drains_every_socket_with_1012(project):
     Leaves: the stack down, the data volume kept.
 
     The time target (WS_DRAIN_SECONDS + 5 s) is asserted only on a machine that is
-    not overloaded: on the shared 2-core test box at a load of 15-45 the same
-    command took 8 to 34 s, which says nothing about the drain order.
+    not overloaded (1-min load up to 6 per core: 4.7 s measured at 4.6): at 9 per
+    core the same command once took 34 s, which says nothing about the drain order.
     """
     drain = int(project.env_value("WS_DRAIN_SECONDS", "10"))
     sockets = 150  # below NGINX_MAX_CONN_PER_IP (200): one client address
@@ -70,7 +70,7 @@ async def test_make_down_drains_every_socket_with_1012(project):
         f"{outcome.stop_seconds:.1f} s (target {drain + 5} s; load {load:.1f} per core)")
     detail = "\n".join(outcome.lines()) + "\n" + outcome.stop_stderr[-2000:]
     assert outcome.close_codes == {1012: sockets}, detail
-    if load <= 2:
+    if load <= 6:
         assert outcome.stop_seconds <= drain + 5, detail
     assert project.container_ids("db", all_states=True) == []
     kept = run(["docker", "volume", "inspect", f"{project.name}_pgdata"], env=project.env, timeout=30, check=False)
