@@ -62,9 +62,11 @@ class CrossWorker:
             await asyncio.sleep(max(0.0, next_at - time.monotonic()))
 
     def latencies(self, room: str, since: float) -> list[tuple[float, float]]:
-        """(send time, latency) of every probe sent after `since`; latency inf while missing."""
+        """(send time, latency) of every acked probe sent after `since`; latency inf while missing.
+        A probe never acked (its send cancelled at the end) was not stored: nobody gets it."""
         got = self.arrived[room]
-        return [(t, got.get(text, float("inf")) - t) for text, t in self.sent[room].items() if t >= since]
+        return [(t, got.get(text, float("inf")) - t) for text, t in self.sent[room].items()
+                if t >= since and text in self.acked]
 
     def resumed_at(self, room: str, since: float) -> float | None:
         """Earliest send time after which every probe (settled ones) arrived live."""

@@ -27,6 +27,13 @@ from tests.faults.test_sentinel import RESUME_AFTER_FAILOVER
 
 pytestmark = pytest.mark.slow
 
+# Measured 2.8 s after the promotion here against 0.4 s natively: every new layer
+# connection after the resync resolves the Sentinels' service names, and Docker's
+# DNS on the internal network answered such lookups in up to 2.3 s on this host.
+# The native fault holds the issue's target (RESUME_AFTER_FAILOVER); this bound
+# allows for the container DNS and still fails a resync that waits for a poll cycle.
+COMPOSE_RESUME_AFTER_FAILOVER = RESUME_AFTER_FAILOVER + 2.0
+
 WS_REPLICAS = 3
 FILES = ("-f", "docker-compose.yml", "-f", "compose.sentinel.yml")
 
@@ -156,5 +163,5 @@ async def test_compose_sentinel_master_kill(sentinel_compose, fault_table):
     closes = Counter(o.code for c in load.all_clients() for o in c.outages)
     assert not closes, f"sockets were closed by the failover: {dict(closes)}"
     assert await asyncio.to_thread(sentinel_master, stack) != seen["master"], "old master took the role back"
-    assert verdict.resume <= seen["failover"] + RESUME_AFTER_FAILOVER, (verdict.resume, seen["failover"])
+    assert verdict.resume <= seen["failover"] + COMPOSE_RESUME_AFTER_FAILOVER, (verdict.resume, seen["failover"])
     assert_no_loss(verdict)
