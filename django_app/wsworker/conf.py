@@ -11,6 +11,9 @@ DEFAULTS = {
     "WS_MAX_SEND_BUFFER_BYTES": 1048576,  # unsent bytes per socket before it is shed (1013)
     "WS_EVENT_LOOP": "uvloop",  # uvloop or asyncio
     "WS_GC_THRESHOLD": 10000,  # allocations between young-generation collections
+    "WS_MAX_SOCKETS": 10000,  # sockets per worker before handshakes get 503 (wsworker.admission)
+    "WS_BALANCE_TOLERANCE": 0.1,  # fraction above the fleet mean before refusing / rebalancing
+    "WS_REBALANCE_RATE": 50,  # sockets per second a worker above the mean may close with 1012
 }
 
 

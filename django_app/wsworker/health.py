@@ -6,15 +6,15 @@ handed to the wrapped app, so `runserver` (which serves everything via ASGI)
 still works. Wrap the project's HTTP app: `"http": WorkerHealthApp(django_asgi_app)`.
 
 - /healthz (liveness): 200 with this worker's counters.
-- /readyz (readiness): 503 while draining, or when the Redis channel layer does
-  not answer a PING within TIMEOUT; 200 otherwise.
+- /readyz (readiness): 503 while draining, at WS_MAX_SOCKETS (wsworker.admission),
+  or when the Redis channel layer does not answer a PING within TIMEOUT; 200 otherwise.
 """
 import json
 
 import redis.asyncio as aioredis
 from django.conf import settings
 
-from . import registry
+from . import admission, registry
 
 TIMEOUT = 2.0
 
@@ -83,10 +83,15 @@ class WorkerHealthApp:
                         "sockets": registry.count(),
                         "refusals": dict(registry.refusals),
                         "deliveries": dict(registry.deliveries),
+                        "admission": admission.status(),
+                        "rebalanced": dict(registry.rebalanced),
                     },
                 )
             if registry.state.draining:
                 return await _respond(send, 503, {"status": "draining", "reason": "worker is draining"})
+            if admission.full():
+                return await _respond(send, 503, {"status": "full", "reason": (
+                    f"{admission.open_sockets} sockets open, WS_MAX_SOCKETS={admission.limit()}")})
             problem = await redis_problem()
             if problem:
                 return await _respond(send, 503, {"status": "error", "reason": f"redis: {problem}"})

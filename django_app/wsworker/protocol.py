@@ -3,14 +3,19 @@
 - server close codes 1011/1012/1013 (drain, overload), which autobahn refuses;
 - send_frames: pre-built frames written straight to the transport (wsworker.frames);
 - no HTTPChannel kept alive per socket (memory);
-- autobahn's per-connection options held once on the class (memory, connect CPU).
+- autobahn's per-connection options held once on the class (memory, connect CPU);
+- admission control: a handshake wsworker.admission refuses gets HTTP 503 with
+  Retry-After before the upgrade (nginx retries the next worker).
 
 Every autobahn/daphne/Twisted internal the runtime touches is named in
 PRIVATE_INTERNALS below; tests/unit/test_wsworker_internals.py fails when an
 upgrade removes one.
 """
+from autobahn.websocket.types import ConnectionDeny
 from daphne.ws_protocol import WebSocketProtocol
 from twisted.web.http import HTTPChannel
+
+from . import admission
 
 # Library internals this package relies on, each (class, attribute): an
 # attribute of the class, or one its methods set on `self`. Pinned by
@@ -53,6 +58,35 @@ class WorkerWebSocketProtocol(WebSocketProtocol):
     frames (send_frames), and no HTTPChannel kept per socket."""
 
     SERVER_CODES = frozenset({CLOSE_INTERNAL_ERROR, CLOSE_RESTART, CLOSE_OVERLOADED})
+    wsworker_admitted = False  # counted in admission.open_sockets until onClose
+    wsworker_refused = False  # refused at the handshake: daphne never saw it
+
+    def onConnect(self, request):
+        """Admission first: a refused handshake never reaches daphne or the app.
+
+        autobahn answers ConnectionDeny with an HTTP error response instead of
+        101 (failHandshake below adds Retry-After), then drops the connection.
+        """
+        reason = admission.admit()
+        if reason is not None:
+            self.wsworker_refused = True
+            raise ConnectionDeny(ConnectionDeny.SERVICE_UNAVAILABLE, f"Service Unavailable ({reason})")
+        self.wsworker_admitted = True
+        return super().onConnect(request)
+
+    def failHandshake(self, reason, code=400, responseHeaders=None):
+        if code == ConnectionDeny.SERVICE_UNAVAILABLE:
+            responseHeaders = [*(responseHeaders or ()), ("Retry-After", str(admission.RETRY_AFTER_SECONDS)),
+                               ("Content-Length", "0"), ("Connection", "close")]
+        super().failHandshake(reason, code, responseHeaders)
+
+    def onClose(self, wasClean, code, reason):
+        if self.wsworker_admitted:
+            self.wsworker_admitted = False
+            admission.released()
+        if self.wsworker_refused:
+            return  # daphne's onClose expects a connection it registered
+        super().onClose(wasClean, code, reason)
 
     def connectionMade(self):
         super().connectionMade()

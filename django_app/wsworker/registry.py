@@ -6,6 +6,11 @@ SIGTERM drain closes them. Nothing here crosses processes (that is Redis's job).
 The app's part of the contract: add each accepted consumer to `live` (a
 consumer is anything with an async close(code=...) and a `closed` flag), and
 count what it refuses in `refusals` and how it delivered in `deliveries`.
+
+Rebalancing (wsworker.rebalance) closes only consumers whose `movable` is
+true (an attribute or a property): the app sets it once a socket may be moved
+to another worker without loss, i.e. it is welcomed and caught up and nothing
+it handed over is still pending. A consumer without `movable` is never moved.
 """
 import collections
 import os
@@ -42,6 +47,10 @@ refusals = collections.Counter()
 # or "asgi" (one ASGI send per message; any other server). On /healthz, so an
 # operator can see the fast path is in use.
 deliveries = collections.Counter()
+
+# Sockets this worker closed (1012) to move them to workers below the fleet
+# mean (wsworker.rebalance), on /healthz: an operator can see a scale-out settle.
+rebalanced = collections.Counter()
 
 
 async def close_sockets(consumers, code: int, log) -> None:

@@ -2,7 +2,7 @@
 
 - startup (`_startup`, once the reactor runs): our WebSocket protocol and its
   shared options, SIGTERM/SIGINT handlers, slow-client shedding, the Redis
-  channel-layer watcher, GC tuning;
+  channel-layer watcher, the fleet census (admission, rebalancing), GC tuning;
 - main loop: daphne's reactor; each connection gets an Inbox and, for a
   WebSocket, the frames extension in its scope (`create_application`);
 - shutdown (`_on_signal`): the drain (wsworker.drain), then stop. A second
@@ -20,7 +20,7 @@ from daphne.cli import CommandLineInterface
 from daphne.server import Server
 from twisted.internet import reactor
 
-from . import drain, gctune, layerwatch, shedding
+from . import census, drain, gctune, layerwatch, shedding
 from .frames import SCOPE_FRAMES, frame_text
 from .inbox import Inbox
 from .protocol import WorkerWebSocketProtocol, share_protocol_options
@@ -56,6 +56,8 @@ class WorkerServer(Server):
         # The Redis watcher belongs to the worker process (not to every ASGI host,
         # e.g. tests), and must start once the loop runs.
         loop.call_soon(layerwatch.ensure_started)
+        # The fleet census (Redis): admission's balance rule and rebalancing after a scale-out.
+        loop.call_soon(census.ensure_started)
         gctune.tune()
 
     # ----------------------------------------------------------- main loop

@@ -1,0 +1,150 @@
+"""The fleet census: every worker's socket count, shared through Redis.
+
+Why: nginx spreads handshakes blindly (round-robin natively, a random DNS
+order in compose, kube-proxy in k8s), and a worker added to a busy fleet gets
+no existing socket. With each worker's count in one place, a worker can see it
+holds more than its share: it then refuses new handshakes (wsworker.admission,
+nginx moves on) and, after a scale-out, hands sockets over (wsworker.rebalance).
+
+Each worker, once a second (a task started by the server, like layerwatch):
+- writes its count to `<prefix>:wsworker:census:<worker>` with a TTL, and its
+  name into the set `<prefix>:wsworker:census`;
+- reads every member's count; a member whose key expired (a dead or frozen
+  worker) is dropped from the set, so it leaves the mean within TTL_SECONDS.
+
+Decisions use this snapshot only, never a count fresher than the others': in a
+reconnect storm every worker grows at once, and comparing a live own count with
+a second-old mean would make every worker refuse together. In a snapshot the
+least-loaded worker is never above the mean, so the balance rule alone can
+never refuse on every worker at once.
+
+A draining worker removes itself (its sockets are leaving). Without a Redis
+channel layer, or while Redis does not answer within TIMEOUT (shorter than the
+probes'), there is no census: the flags are cleared and the cap alone applies.
+"""
+import asyncio
+import logging
+import math
+from dataclasses import dataclass
+
+from django.conf import settings
+from redis import asyncio as aioredis
+
+from . import admission, conf, rebalance, registry
+from .health import channel_layer_redis_url
+
+logger = logging.getLogger(__name__)
+
+INTERVAL_SECONDS = 1.0
+TTL_SECONDS = 5  # a worker that stopped writing leaves the census after this
+TIMEOUT = 0.5  # every Redis call; the probes allow 2 s (health.TIMEOUT), k8s 3 s
+MIN_SLACK = 5  # sockets: below this an imbalance is not worth a refusal or a move
+
+_task: asyncio.Task | None = None
+
+
+@dataclass(frozen=True)
+class Fleet:
+    """One census snapshot: socket count per worker (this one included)."""
+
+    me: str
+    counts: dict
+
+    @property
+    def mine(self) -> int:
+        return self.counts.get(self.me, 0)
+
+    @property
+    def mean(self) -> float:
+        return sum(self.counts.values()) / len(self.counts)
+
+    @property
+    def upper(self) -> float:
+        """Most sockets a worker may hold before it counts as above the mean."""
+        mean = self.mean
+        return mean + max(mean * float(conf.get("WS_BALANCE_TOLERANCE")), MIN_SLACK)
+
+    @property
+    def target(self) -> int:
+        """What a rebalancing worker closes down to: its fair share."""
+        return math.ceil(self.mean)
+
+    def as_dict(self) -> dict:
+        return {"workers": len(self.counts), "mean": round(self.mean, 1), "upper": round(self.upper, 1),
+                "counts": dict(sorted(self.counts.items()))}
+
+
+def _key_prefix() -> str:
+    layer = getattr(settings, "CHANNEL_LAYERS", {}).get("default", {})
+    prefix = layer.get("CONFIG", {}).get("prefix") or "asgi"
+    return f"{prefix}:wsworker:census"
+
+
+def ensure_started() -> None:
+    """Start the census on the running loop once per process (the server calls it)."""
+    global _task
+    if channel_layer_redis_url() is None:
+        return
+    loop = asyncio.get_running_loop()
+    if _task is None or _task.done() or _task.get_loop() is not loop:
+        _task = loop.create_task(_run(), name="wsworker-census")
+
+
+async def take(client, members_key: str, me: str, count: int | None) -> Fleet:
+    """Publish our count (None: withdraw) and read everyone's."""
+    async with client.pipeline(transaction=False) as pipe:
+        if count is None:
+            pipe.delete(f"{members_key}:{me}")
+            pipe.srem(members_key, me)
+        else:
+            pipe.set(f"{members_key}:{me}", count, ex=TTL_SECONDS)
+            pipe.sadd(members_key, me)
+            pipe.expire(members_key, TTL_SECONDS * 12)
+        pipe.smembers(members_key)
+        *_, members = await pipe.execute()
+    names = sorted(m.decode() if isinstance(m, bytes) else m for m in members)
+    values = await client.mget([f"{members_key}:{n}" for n in names]) if names else []
+    counts, gone = {}, []
+    for name, value in zip(names, values):
+        if value is None:
+            gone.append(name)
+        else:
+            counts[name] = int(value)
+    if gone:
+        await client.srem(members_key, *gone)
+    return Fleet(me=me, counts=counts)
+
+
+def _apply(fleet: Fleet | None) -> None:
+    admission.fleet = fleet.as_dict() if fleet is not None else None
+    admission.above_mean = bool(fleet and fleet.me in fleet.counts and fleet.mine > fleet.upper)
+    rebalance.on_census(fleet)
+
+
+async def _run() -> None:
+    client = aioredis.Redis.from_url(channel_layer_redis_url(), socket_timeout=TIMEOUT,
+                                     socket_connect_timeout=TIMEOUT)
+    members_key, me = _key_prefix(), registry.worker_id()
+    failing = False
+    try:
+        while True:
+            draining = registry.state.draining
+            try:
+                fleet = await take(client, members_key, me, None if draining else admission.open_sockets)
+            except Exception as exc:
+                if asyncio.current_task().cancelling():
+                    raise asyncio.CancelledError from exc
+                if not failing:
+                    logger.warning("census: Redis does not answer (%s); admission falls back to WS_MAX_SOCKETS", exc)
+                failing = True
+                _apply(None)
+            else:
+                if failing:
+                    logger.info("census: Redis answers again; balancing across %d worker(s)", len(fleet.counts))
+                failing = False
+                _apply(None if draining else fleet)
+                if draining:
+                    return  # withdrawn: the drain closes everything anyway
+            await asyncio.sleep(INTERVAL_SECONDS)
+    finally:
+        await client.aclose()
