@@ -208,6 +208,19 @@ class NativeStack:
     def reload_nginx(self) -> None:
         self.run_local("reload-nginx")
 
+    def add_ws_worker(self) -> int:
+        """Scale out natively: start worker N+1 (waits for its /readyz), then put it in
+        nginx's upstream (reload). Returns its 1-based index."""
+        self.workers += 1
+        index = self.workers
+        port = self.ports["LOCAL_WS_BASE_PORT"] + index
+        if not _port_free(port):
+            self.workers -= 1
+            raise StackError(f"cannot add ws-{index}: 127.0.0.1:{port} is in use")
+        self.start(f"ws-{index}")
+        self.reload_nginx()
+        return index
+
     def manage(self, *args: str, input: str | None = None, check: bool = True,
                env: dict[str, str] | None = None) -> subprocess.CompletedProcess:
         """Run `manage.py ARGS` against this stack's database and Redis."""

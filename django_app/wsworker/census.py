@@ -12,11 +12,13 @@ Each worker, once a second (a task started by the server, like layerwatch):
 - reads every member's count; a member whose key expired (a dead or frozen
   worker) is dropped from the set, so it leaves the mean within TTL_SECONDS.
 
-Decisions use this snapshot only, never a count fresher than the others': in a
-reconnect storm every worker grows at once, and comparing a live own count with
-a second-old mean would make every worker refuse together. In a snapshot the
-least-loaded worker is never above the mean, so the balance rule alone can
-never refuse on every worker at once.
+Decisions use this snapshot only, and never a count of our own fresher than
+the others': their entries are up to a second old, so while every worker grows
+at once (a reconnect storm, a burst) a fresh own count would put every worker
+above the mean together and all would refuse. A worker therefore enters its own
+count as the lower of its last two (the older one while counts rise, the newer
+while they fall): staleness can only make it look emptier, never fuller, and
+only a real imbalance makes it refuse.
 
 A draining worker removes itself (its sockets are leaving). Without a Redis
 channel layer, or while Redis does not answer within TIMEOUT (shorter than the
@@ -90,8 +92,9 @@ def ensure_started() -> None:
         _task = loop.create_task(_run(), name="wsworker-census")
 
 
-async def take(client, members_key: str, me: str, count: int | None) -> Fleet:
-    """Publish our count (None: withdraw) and read everyone's."""
+async def take(client, members_key: str, me: str, count: int | None, judge_as: int | None = None) -> Fleet:
+    """Publish our count (None: withdraw) and read everyone's; in the snapshot our
+    own entry is `judge_as` when given (see the module docstring)."""
     async with client.pipeline(transaction=False) as pipe:
         if count is None:
             pipe.delete(f"{members_key}:{me}")
@@ -112,6 +115,8 @@ async def take(client, members_key: str, me: str, count: int | None) -> Fleet:
             counts[name] = int(value)
     if gone:
         await client.srem(members_key, *gone)
+    if judge_as is not None and me in counts:
+        counts[me] = judge_as
     return Fleet(me=me, counts=counts)
 
 
@@ -125,12 +130,15 @@ async def _run() -> None:
     client = aioredis.Redis.from_url(channel_layer_redis_url(), socket_timeout=TIMEOUT,
                                      socket_connect_timeout=TIMEOUT)
     members_key, me = _key_prefix(), registry.worker_id()
-    failing = False
+    failing, previous = False, None
     try:
         while True:
             draining = registry.state.draining
+            count = admission.open_sockets
+            judge_as = count if previous is None else min(count, previous)
+            previous = count
             try:
-                fleet = await take(client, members_key, me, None if draining else admission.open_sockets)
+                fleet = await take(client, members_key, me, None if draining else count, judge_as)
             except Exception as exc:
                 if asyncio.current_task().cancelling():
                     raise asyncio.CancelledError from exc
@@ -146,5 +154,10 @@ async def _run() -> None:
                 if draining:
                     return  # withdrawn: the drain closes everything anyway
             await asyncio.sleep(INTERVAL_SECONDS)
+    except asyncio.CancelledError:
+        raise
+    except Exception:
+        logger.exception("census failed; admission falls back to WS_MAX_SOCKETS")
+        _apply(None)
     finally:
         await client.aclose()
