@@ -38,9 +38,14 @@ from .health import channel_layer_redis_url
 logger = logging.getLogger(__name__)
 
 INTERVAL_SECONDS = 1.0
-TTL_SECONDS = 5  # a worker that stopped writing leaves the census after this
+TTL_SECONDS = 3  # a worker that stopped writing (killed, frozen) leaves the census after this
 TIMEOUT = 0.5  # every Redis call; the probes allow 2 s (health.TIMEOUT), k8s 3 s
 MIN_SLACK = 5  # sockets: below this an imbalance is not worth a refusal or a move
+# A worker counts as a place to send sockets once it has been in the census this
+# many times in a row: by then nginx (NGINX_RESOLVER_VALID, 2 s) and k8s readiness
+# know it, so refusing elsewhere does not just bounce clients off the whole fleet.
+SETTLED_CENSUSES = 3
+_seen: dict[str, int] = {}  # worker -> consecutive censuses it appeared in
 
 _task: asyncio.Task | None = None
 
@@ -61,10 +66,18 @@ class Fleet:
         return sum(self.counts.values()) / len(self.counts)
 
     @property
+    def slack(self) -> float:
+        return max(self.mean * float(conf.get("WS_BALANCE_TOLERANCE")), MIN_SLACK)
+
+    @property
     def upper(self) -> float:
         """Most sockets a worker may hold before it counts as above the mean."""
-        mean = self.mean
-        return mean + max(mean * float(conf.get("WS_BALANCE_TOLERANCE")), MIN_SLACK)
+        return self.mean + self.slack
+
+    @property
+    def lower(self) -> float:
+        """Fewer sockets than this: the worker is well below the mean (it should get the new ones)."""
+        return self.mean - self.slack
 
     @property
     def target(self) -> int:
@@ -120,10 +133,50 @@ async def take(client, members_key: str, me: str, count: int | None, judge_as: i
     return Fleet(me=me, counts=counts)
 
 
+def refuses(fleet: Fleet | None) -> bool:
+    """The balance rule: should this worker refuse new handshakes (nginx moves on)?
+
+    Only when a settled worker below the mean exists to take them; then when
+    this one is above the mean by more than the tolerance, or, while some worker
+    is that far below it (just scaled out), when this one is at or above it: new
+    sockets go to the emptiest workers first and fewer have to be moved later.
+    """
+    receivers = receivers_of(fleet)
+    if not receivers:
+        return False
+    return fleet.mine > fleet.upper or (fleet.mine >= fleet.mean and min(receivers) < fleet.lower)
+
+
+def receivers_of(fleet: Fleet | None) -> list[int]:
+    """Counts of the settled workers below the mean: where moved or refused sockets can go."""
+    if fleet is None or fleet.me not in fleet.counts:
+        return []
+    return [c for name, c in fleet.counts.items()
+            if name != fleet.me and c < fleet.mean and _seen.get(name, 0) >= SETTLED_CENSUSES]
+
+
+async def withdraw() -> None:
+    """Leave the census now (the drain calls it): a draining worker is no place to send sockets."""
+    url = channel_layer_redis_url()
+    if url is None:
+        return
+    client = aioredis.Redis.from_url(url, socket_timeout=TIMEOUT, socket_connect_timeout=TIMEOUT)
+    try:
+        await take(client, _key_prefix(), registry.worker_id(), None)
+    except Exception as exc:
+        logger.warning("census: could not withdraw (%s); the entry expires within %ds", exc, TTL_SECONDS)
+    finally:
+        await client.aclose()
+    _apply(None)
+
+
 def _apply(fleet: Fleet | None) -> None:
+    global _seen
+    counts = fleet.counts if fleet is not None else {}
+    _seen = {name: _seen.get(name, 0) + 1 for name in counts}
     admission.fleet = fleet.as_dict() if fleet is not None else None
-    admission.above_mean = bool(fleet and fleet.me in fleet.counts and fleet.mine > fleet.upper)
-    rebalance.on_census(fleet)
+    admission.above_mean = refuses(fleet)
+    rebalance.on_census(fleet if receivers_of(fleet) else None)
 
 
 async def _run() -> None:

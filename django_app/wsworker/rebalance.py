@@ -18,9 +18,9 @@ the moves over rooms and clients; the oldest would single out the same
 long-lived clients on every scale-out.
 
 Never during a drain (the drain closes everything anyway), never without a
-census (no Redis: no mean to balance against). REBALANCE_AFTER censuses
-(> NGINX_RESOLVER_VALID's 2 s) let nginx and the Service learn the new worker
-before sockets are sent its way. Every close is counted (registry.rebalanced)
+census (no Redis: no mean to balance against), and only towards workers that
+have been in the census for census.SETTLED_CENSUSES seconds (> NGINX_RESOLVER_VALID's
+2 s), so nginx and the Service know the new worker before sockets are sent its way. Every close is counted (registry.rebalanced)
 and each rebalance is logged when it starts and ends.
 """
 import asyncio
@@ -33,7 +33,7 @@ from .protocol import CLOSE_RESTART
 
 logger = logging.getLogger(__name__)
 
-REBALANCE_AFTER = 3  # consecutive censuses above `upper` before closing starts
+REBALANCE_AFTER = 2  # consecutive censuses above `upper` (with somewhere to go) before closing starts
 STEP_SECONDS = 0.1
 
 _seen_above = 0
@@ -43,7 +43,8 @@ _candidates: list = []
 
 
 def on_census(fleet) -> None:
-    """Called by the census once a second with its snapshot (None: no census)."""
+    """Called by the census once a second with its snapshot; None when there is no
+    census or no settled worker below the mean to move sockets to."""
     global _seen_above, _target, _candidates
     if fleet is None or registry.state.draining or fleet.me not in fleet.counts:
         _seen_above = 0
