@@ -61,10 +61,22 @@ def _port_free(port: int) -> bool:
         return True
 
 
+def _ephemeral_low() -> int:
+    try:
+        return int(Path("/proc/sys/net/ipv4/ip_local_port_range").read_text().split()[0])
+    except (OSError, ValueError, IndexError):
+        return 32768
+
+
 def free_port_range(count: int, attempts: int = 50) -> int:
-    """A base port B with B+1..B+count all free (ws workers listen on consecutive ports)."""
+    """A base port B with B+1..B+count all free (ws workers listen on consecutive ports).
+
+    Below the kernel's ephemeral range: a worker stopped and started again (or
+    added later) must find its port free, and under load any ephemeral port may
+    be the local end of some outgoing connection (nginx to the workers)."""
+    top = min(60000, _ephemeral_low()) - count - 1
     for _ in range(attempts):
-        base = random.randint(20000, 60000 - count - 1)
+        base = random.randint(20000, max(20001, top))
         if all(_port_free(base + i) for i in range(1, count + 1)):
             return base
     raise RuntimeError(f"no {count} consecutive free loopback ports after {attempts} attempts")
@@ -87,8 +99,9 @@ class NativeStack:
     """One native stack (see the module docstring for the API)."""
 
     def __init__(self, workers: int = 2, env: dict[str, str] | None = None,
-                 state_dir: str | os.PathLike | None = None, timeout: float = 300):
+                 state_dir: str | os.PathLike | None = None, timeout: float = 300, spare_workers: int = 0):
         self.workers = workers
+        self.spare_workers = spare_workers  # ports kept free for add_ws_worker()
         self.timeout = timeout
         self._own_state = state_dir is None
         self.state_dir = Path(state_dir or tempfile.mkdtemp(prefix="chat-stack-"))
@@ -103,7 +116,7 @@ class NativeStack:
             "LOCAL_WEB_PORT": free_port(),
             "LOCAL_PG_PORT": free_port(),
             "LOCAL_REDIS_PORT": free_port(),
-            "LOCAL_WS_BASE_PORT": free_port_range(self.workers),
+            "LOCAL_WS_BASE_PORT": free_port_range(self.workers + self.spare_workers),
         }
 
     def _env(self) -> dict[str, str]:

@@ -39,7 +39,7 @@ async def _health(stack) -> list[dict]:
 
 
 async def test_scale_out_2_to_3_rebalances_without_loss(figures):
-    stack = NativeStack(workers=2)
+    stack = NativeStack(workers=2, spare_workers=1)
     await asyncio.to_thread(stack.up)
     tag = uuid.uuid4().hex[:6]
     rooms = [f"scale-{tag}-{i}" for i in range(ROOMS)]
