@@ -34,6 +34,7 @@ PRIVATE_INTERNALS = (
     ("daphne.server.Server", "handle_reply"),  # create_application
     ("daphne.server.Server", "create_application"),  # wsworker.server
     ("daphne.server.Server", "ws_factory"),  # wsworker.server
+    ("daphne.ws_protocol.WebSocketProtocol", "server"),  # onClose: set by onConnect (admission count)
 )
 
 
@@ -58,8 +59,7 @@ class WorkerWebSocketProtocol(WebSocketProtocol):
     frames (send_frames), and no HTTPChannel kept per socket."""
 
     SERVER_CODES = frozenset({CLOSE_INTERNAL_ERROR, CLOSE_RESTART, CLOSE_OVERLOADED})
-    wsworker_admitted = False  # counted in admission.open_sockets until onClose
-    wsworker_refused = False  # refused at the handshake: daphne never saw it
+    wsworker_refused = False  # refused at the handshake: daphne never saw it (rare: set per refusal only)
 
     def onConnect(self, request):
         """Admission first: a refused handshake never reaches daphne or the app.
@@ -71,7 +71,8 @@ class WorkerWebSocketProtocol(WebSocketProtocol):
         if reason is not None:
             self.wsworker_refused = True
             raise ConnectionDeny(ConnectionDeny.SERVICE_UNAVAILABLE, f"Service Unavailable ({reason})")
-        self.wsworker_admitted = True
+        # Admitted: counted until onClose. No flag of our own per socket (memory);
+        # daphne's onConnect sets self.server first thing, which onClose checks.
         return super().onConnect(request)
 
     def failHandshake(self, reason, code=400, responseHeaders=None):
@@ -81,11 +82,10 @@ class WorkerWebSocketProtocol(WebSocketProtocol):
         super().failHandshake(reason, code, responseHeaders)
 
     def onClose(self, wasClean, code, reason):
-        if self.wsworker_admitted:
-            self.wsworker_admitted = False
-            admission.released()
         if self.wsworker_refused:
             return  # daphne's onClose expects a connection it registered
+        if "server" in self.__dict__:  # onConnect admitted it (autobahn calls onClose once)
+            admission.released()
         super().onClose(wasClean, code, reason)
 
     def connectionMade(self):

@@ -8,6 +8,7 @@ INSTALLED_APPS = ["channels"]
 ASGI_APPLICATION = "ownproject.asgi.application"
 # No channel layer: the worker's Redis watcher and /readyz check simply do not apply.
 CHANNEL_LAYERS = {}
-# The one wsworker setting this project sets; the others take wsworker.conf's defaults.
+# The wsworker settings this project sets; the others take wsworker.conf's defaults.
 WS_DRAIN_SECONDS = float(os.environ.get("WS_DRAIN_SECONDS", "3"))
+WS_MAX_SOCKETS = int(os.environ.get("WS_MAX_SOCKETS", "10000"))
 USE_TZ = True
