@@ -172,8 +172,8 @@ async def withdraw() -> None:
 
 def _apply(fleet: Fleet | None) -> None:
     global _seen
-    counts = fleet.counts if fleet is not None else {}
-    _seen = {name: _seen.get(name, 0) + 1 for name in counts}
+    if fleet is not None:  # a census that failed (a Redis blip) forgets nobody
+        _seen = {name: _seen.get(name, 0) + 1 for name in fleet.counts}
     admission.fleet = fleet.as_dict() if fleet is not None else None
     admission.above_mean = refuses(fleet)
     rebalance.on_census(fleet if receivers_of(fleet) else None)
