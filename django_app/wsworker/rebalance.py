@@ -25,6 +25,7 @@ and each rebalance is logged when it starts and ends.
 """
 import asyncio
 import logging
+import math
 import random
 import weakref
 
@@ -38,6 +39,7 @@ STEP_SECONDS = 0.1
 
 _seen_above = 0
 _target = 0
+_total = 0  # fleet sockets when this rebalance started
 _task: asyncio.Task | None = None
 _candidates: list = []
 
@@ -50,11 +52,15 @@ def on_census(fleet) -> None:
         _seen_above = 0
         admission.rebalancing = False  # the close loop sees it and stops
         return
-    _target = fleet.target
     if admission.rebalancing:
+        # The fair share of the fleet as it was at the start, over today's workers:
+        # sockets in flight between workers are in nobody's count, so a fresh mean
+        # would dip and move more than needed.
+        _target = math.ceil(_total / len(fleet.counts))
         # Fresh order each second: sockets opened since are candidates too.
         _candidates = _shuffled_live()
         return
+    _target = fleet.target
     _seen_above = _seen_above + 1 if fleet.mine > fleet.upper else 0
     if _seen_above >= REBALANCE_AFTER and float(conf.get("WS_REBALANCE_RATE")) > 0:
         _seen_above = 0
@@ -68,9 +74,10 @@ def _shuffled_live() -> list:
 
 
 def _start(fleet) -> None:
-    global _task, _candidates
+    global _task, _candidates, _total
     if _task is not None and not _task.done():
         return
+    _total = sum(fleet.counts.values())
     admission.rebalancing = True
     _candidates = _shuffled_live()
     logger.info("rebalance: %d sockets > %.0f (mean %.1f over %d workers + WS_BALANCE_TOLERANCE): "
