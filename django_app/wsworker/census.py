@@ -38,7 +38,7 @@ from .health import channel_layer_redis_url
 logger = logging.getLogger(__name__)
 
 INTERVAL_SECONDS = 1.0
-TTL_SECONDS = 3  # a worker that stopped writing (killed, frozen) leaves the census after this
+TTL_SECONDS = 5  # a worker that stopped writing (killed, frozen) leaves the census after this
 TIMEOUT = 0.5  # every Redis call; the probes allow 2 s (health.TIMEOUT), k8s 3 s
 MIN_SLACK = 5  # sockets: below this an imbalance is not worth a refusal or a move
 # A worker counts as a place to send sockets once it has been in the census this
@@ -63,7 +63,7 @@ class Fleet:
 
     @property
     def mean(self) -> float:
-        return sum(self.counts.values()) / len(self.counts)
+        return sum(self.counts.values()) / len(self.counts) if self.counts else 0.0
 
     @property
     def slack(self) -> float:
@@ -128,8 +128,10 @@ async def take(client, members_key: str, me: str, count: int | None, judge_as: i
             counts[name] = int(value)
     if gone:
         await client.srem(members_key, *gone)
-    if judge_as is not None and me in counts:
-        counts[me] = judge_as
+    if count is not None:
+        # Our own entry as written (it can expire before the read when the loop stalls
+        # longer than the TTL), or as judged (the module docstring).
+        counts[me] = count if judge_as is None else judge_as
     return Fleet(me=me, counts=counts)
 
 
@@ -203,14 +205,13 @@ async def _run() -> None:
                 if failing:
                     logger.info("census: Redis answers again; balancing across %d worker(s)", len(fleet.counts))
                 failing = False
-                _apply(None if draining else fleet)
+                try:
+                    _apply(None if draining else fleet)
+                except Exception:  # never let one bad snapshot end the census
+                    logger.exception("census: applying a snapshot failed; cap only until the next")
+                    _apply(None)
                 if draining:
                     return  # withdrawn: the drain closes everything anyway
             await asyncio.sleep(INTERVAL_SECONDS)
-    except asyncio.CancelledError:
-        raise
-    except Exception:
-        logger.exception("census failed; admission falls back to WS_MAX_SOCKETS")
-        _apply(None)
     finally:
         await client.aclose()
