@@ -67,7 +67,7 @@ class WorkerWebSocketProtocol(WebSocketProtocol):
         autobahn answers ConnectionDeny with an HTTP error response instead of
         101 (failHandshake below adds Retry-After), then drops the connection.
         """
-        reason = admission.admit()
+        reason = admission.admit(self)
         if reason is not None:
             self.wsworker_refused = True
             raise ConnectionDeny(ConnectionDeny.SERVICE_UNAVAILABLE, f"Service Unavailable ({reason})")
@@ -85,8 +85,12 @@ class WorkerWebSocketProtocol(WebSocketProtocol):
         if self.wsworker_refused:
             return  # daphne's onClose expects a connection it registered
         if "server" in self.__dict__:  # onConnect admitted it (autobahn calls onClose once)
-            admission.released()
+            admission.released(self)
         super().onClose(wasClean, code, reason)
+
+    def onOpen(self):
+        admission.opened(self)
+        super().onOpen()
 
     def connectionMade(self):
         super().connectionMade()
