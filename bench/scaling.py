@@ -18,6 +18,7 @@ every time reported.
 """
 import asyncio
 import random
+from collections import Counter
 import socket
 import time
 import uuid
@@ -170,13 +171,19 @@ async def storm(sockets, rooms_n, log):
         after_health = _health(stack, [2, 3])
         verdict = await _judge(stack, crowd, load, rooms, since=t0)
         failed_attempts = sum(o.attempts for c in victims for o in dropped_after(c)[:1]) - len(victims)
+        codes = Counter(code for c in victims for code in c.close_codes[-50:])
+        refusals = Counter()
+        for h in after_health.values():
+            refusals.update(h.get("refusals", {}))
         result = {"sockets": sockets, "drained": len(victims), "before": before, "after": _counts(after_health),
                   "back": len(back_times), "resumed": len(resumed_times),
                   "all_back_s": back and round(back, 2), "all_resumed_s": resumed_s and round(resumed_s, 2),
                   "p50_back_s": _pct(back_times, 0.5), "p99_back_s": _pct(back_times, 0.99),
                   "refused_503_by_workers": refused_503(list(after_health.values())) - refused_before,
                   "failed_attempts_at_clients": max(0, failed_attempts),
-                  "clients_gave_up": sum(1 for c in victims if c.state is State.STOPPED), **verdict}
+                  "clients_gave_up": sum(1 for c in victims if c.state is State.STOPPED),
+                  "victims_close_codes": {str(k): v for k, v in codes.most_common(6)},
+                  "survivors_refusals": dict(refusals), **verdict}
         log(f"storm: {result}")
         return result
     finally:
