@@ -11,7 +11,7 @@ import platform
 import sys
 import time
 
-from bench import capacity, report
+from bench import capacity, report, scaling
 from bench.baseline_stack import BaselineStack
 from bench.fanout import Scenario, run_scenario
 from bench.procs import REPO
@@ -103,6 +103,8 @@ def parse(argv):
     ap.add_argument("--idle-per-worker", type=int, default=None, help="idle sockets per worker (0: skip)")
     ap.add_argument("--connects", type=int, default=None, help="sockets opened to time connects/s")
     ap.add_argument("--env", action="append", default=[], help="KEY=VALUE override for the product stack")
+    ap.add_argument("--scaling", default="storm,rebalance",
+                    help="scaling scenarios (bench/scaling.py): storm, rebalance; '' to skip")
     ap.add_argument("--out", default=str(REPO / "bench" / "results" / "latest"))
     return ap.parse_args(argv)
 
@@ -160,7 +162,7 @@ def main(argv=None):
         "scenarios": names, "stacks": {},
     }
     t_start = time.monotonic()
-    for label in args.stacks.split(","):
+    for label in filter(None, args.stacks.split(",")):
         # one stack start per worker count the scenarios ask for; idle capacity on the default count
         groups = {}
         for name in names:
@@ -170,10 +172,16 @@ def main(argv=None):
             run_stack(label, workers, group, table, args, extra_env, results,
                       capacity_too=workers == args.workers and not label.startswith("socketio"),
                       idle=idle, connects=connects)
+    scaling_names = [n for n in args.scaling.split(",") if n]
+    if scaling_names:
+        results["scaling"] = scaling.run(scaling_names, args.smoke, log=lambda m: print(m, flush=True))
     results["meta"]["seconds"] = round(time.monotonic() - t_start, 1)
     results["meta"]["loadavg_after"] = os.getloadavg()
     out_dir = report.write(results, args.out)
     print(report.markdown(results))
+    if scaling_names:
+        (out_dir / "scaling.md").write_text(scaling.markdown(results["scaling"]))
+        print(scaling.markdown(results["scaling"]))
     print(f"wrote {out_dir}/results.json, results.md, fanout.png in {results['meta']['seconds']} s")
     return 0
 

@@ -71,10 +71,22 @@ def _port_free(port: int) -> bool:
         return True
 
 
+def _ephemeral_low() -> int:
+    try:
+        return int(Path("/proc/sys/net/ipv4/ip_local_port_range").read_text().split()[0])
+    except (OSError, ValueError, IndexError):
+        return 32768
+
+
 def free_port_range(count: int, attempts: int = 50, high: int = 60000) -> int:
-    """A base port B with B+1..B+count all free (ws workers listen on consecutive ports)."""
+    """A base port B with B+1..B+count all free (ws workers listen on consecutive ports).
+
+    Below the kernel's ephemeral range: a worker stopped and started again (or
+    added later) must find its port free, and under load any ephemeral port may
+    be the local end of some outgoing connection (nginx to the workers)."""
+    top = min(high, _ephemeral_low()) - count - 1
     for _ in range(attempts):
-        base = random.randint(20000, high - count - 1)
+        base = random.randint(20000, max(20001, top))
         if all(_port_free(base + i) for i in range(1, count + 1)):
             return base
     raise RuntimeError(f"no {count} consecutive free loopback ports after {attempts} attempts")
@@ -98,9 +110,10 @@ class NativeStack:
 
     def __init__(self, workers: int = 2, env: dict[str, str] | None = None,
                  state_dir: str | os.PathLike | None = None, timeout: float = 300,
-                 tls: dict[str, str] | None = None):
+                 tls: dict[str, str] | None = None, spare_workers: int = 0):
         self.workers = workers
         self.tls = dict(tls or {})
+        self.spare_workers = spare_workers  # ports kept free for add_ws_worker()
         self.timeout = timeout
         self._own_state = state_dir is None
         self.state_dir = Path(state_dir or tempfile.mkdtemp(prefix="chat-stack-"))
@@ -117,7 +130,7 @@ class NativeStack:
             "LOCAL_PG_PORT": free_port(),
             # +1..+4 too: the sentinel and sharded topologies (scripts/local-redis).
             "LOCAL_REDIS_PORT": free_port_range(5) + 1,
-            "LOCAL_WS_BASE_PORT": free_port_range(self.workers),
+            "LOCAL_WS_BASE_PORT": free_port_range(self.workers + self.spare_workers),
             # scripts/local puts every metrics port at an offset of this base (up to +10+workers).
             # Below Linux's ephemeral range (32768+): the monitoring tier binds them last,
             # long after the stack's own outgoing connections took their ports.
@@ -244,6 +257,19 @@ class NativeStack:
 
     def reload_nginx(self) -> None:
         self.run_local("reload-nginx")
+
+    def add_ws_worker(self) -> int:
+        """Scale out natively: start worker N+1 (waits for its /readyz), then put it in
+        nginx's upstream (reload). Returns its 1-based index."""
+        self.workers += 1
+        index = self.workers
+        port = self.ports["LOCAL_WS_BASE_PORT"] + index
+        if not _port_free(port):
+            self.workers -= 1
+            raise StackError(f"cannot add ws-{index}: 127.0.0.1:{port} is in use")
+        self.start(f"ws-{index}")
+        self.reload_nginx()
+        return index
 
     def manage(self, *args: str, input: str | None = None, check: bool = True,
                env: dict[str, str] | None = None) -> subprocess.CompletedProcess:

@@ -104,6 +104,14 @@ class ChatConsumer(AsyncWebsocketConsumer):
             # Also on cancellation (daphne's close timeout), when disconnect() never ran.
             self._leave()
 
+    @property
+    def movable(self) -> bool:
+        """wsworker.rebalance may move this socket (registry contract): welcomed,
+        caught up and added to its Room (Room.attach), no message of its own
+        still being stored. A property, not state: nothing more per socket."""
+        hub = self.hub
+        return not self.closed and not self.in_flight and hub is not None and self in hub.sockets
+
     def _leave(self):
         registry.live.discard(self)
         self.closed = True

@@ -246,6 +246,16 @@ if WS_LOOP_STALL_SECONDS < 0:
 WS_GC_THRESHOLD = env.int("WS_GC_THRESHOLD", default=10000)
 if WS_GC_THRESHOLD < 700:
     raise ImproperlyConfigured(f"WS_GC_THRESHOLD must be at least 700 (CPython's default), not {WS_GC_THRESHOLD}")
+# Scaling the ws tier (docs/operations.md "Scaling WebSocket workers").
+WS_MAX_SOCKETS = env.int("WS_MAX_SOCKETS", default=10000)
+if WS_MAX_SOCKETS < 1:
+    raise ImproperlyConfigured(f"WS_MAX_SOCKETS must be at least 1, not {WS_MAX_SOCKETS}")
+WS_BALANCE_TOLERANCE = env.float("WS_BALANCE_TOLERANCE", default=0.1)
+if WS_BALANCE_TOLERANCE < 0:
+    raise ImproperlyConfigured(f"WS_BALANCE_TOLERANCE must be 0 or more (0.1 = 10 %), not {WS_BALANCE_TOLERANCE}")
+WS_REBALANCE_RATE = env.float("WS_REBALANCE_RATE", default=50)
+if WS_REBALANCE_RATE < 0:
+    raise ImproperlyConfigured(f"WS_REBALANCE_RATE must be 0 (off) or more, not {WS_REBALANCE_RATE}")
 
 # --- metrics (docs/operations.md) ---------------------------------------------
 # ws workers serve /metrics on WS_METRICS_PORT (wsworker.metrics), on BIND_HOST.

@@ -14,6 +14,9 @@ DEFAULTS = {
     "WS_METRICS_PORT": 0,  # Prometheus /metrics on this port (0: off); never the WebSocket port
     "BIND_HOST": "127.0.0.1",  # the interface the metrics port listens on
     "WS_LOOP_STALL_SECONDS": 10.0,  # event loop blocked this long: exit (watchdog); 0 = off
+    "WS_MAX_SOCKETS": 10000,  # sockets per worker before handshakes get 503 (wsworker.admission)
+    "WS_BALANCE_TOLERANCE": 0.1,  # fraction above the fleet mean before refusing / rebalancing
+    "WS_REBALANCE_RATE": 50,  # sockets per second a worker above the mean may close with 1012
 }
 
 

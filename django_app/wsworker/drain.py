@@ -6,7 +6,8 @@ Here the worker is marked draining (/readyz → 503, the app refuses new
 sockets), every socket is closed with 1012 ("restarting, reconnect now"), the
 drain waits until they have gone or WS_DRAIN_SECONDS passes, lets the app
 finish what they handed over (wsworker.hooks.on_drain), and stops. Clients
-reconnect to another worker and resume.
+reconnect to another worker and resume. The worker leaves the fleet census
+first (wsworker.census), so no other worker moves sockets its way.
 """
 import asyncio
 import logging
@@ -14,7 +15,7 @@ import time
 
 from daphne.ws_protocol import WebSocketProtocol
 
-from . import conf, hooks, registry
+from . import census, conf, hooks, registry
 from .protocol import CLOSE_RESTART
 
 logger = logging.getLogger(__name__)
@@ -43,6 +44,7 @@ async def drain(server) -> None:
     seconds = conf.get("WS_DRAIN_SECONDS")
     try:
         registry.state.draining = True
+        await census.withdraw()  # other workers stop counting on this one at once
         consumers = list(registry.live)
         logger.info("drain: closing %d socket(s) with %d", len(consumers), CLOSE_RESTART)
         await registry.close_sockets(consumers, CLOSE_RESTART, logger)

@@ -6,15 +6,16 @@ handed to the wrapped app, so `runserver` (which serves everything via ASGI)
 still works. Wrap the project's HTTP app: `"http": WorkerHealthApp(django_asgi_app)`.
 
 - /healthz (liveness): 200 with this worker's counters.
-- /readyz (readiness): 503 while draining, or when no Redis server of the
-  channel layer answers a PING within TIMEOUT (Sentinel: while no master is
-  reachable, i.e. during a failover); 200 "degraded" while some shards do not
-  answer; 200 "ok" otherwise. It recovers by itself once Redis answers again.
+- /readyz (readiness): 503 while draining, at WS_MAX_SOCKETS (wsworker.admission),
+  or when no Redis server of the channel layer answers a PING within TIMEOUT
+  (Sentinel: while no master is reachable, i.e. during a failover); 200
+  "degraded" while some shards do not answer; 200 "ok" otherwise. It recovers
+  by itself once Redis answers again.
 """
 import asyncio
 import json
 
-from . import redisconf, registry
+from . import admission, redisconf, registry
 
 TIMEOUT = 2.0
 
@@ -86,10 +87,15 @@ class WorkerHealthApp:
                         "sockets": registry.count(),
                         "refusals": dict(registry.refusals),
                         "deliveries": dict(registry.deliveries),
+                        "admission": admission.status(),
+                        "rebalanced": dict(registry.rebalanced),
                     },
                 )
             if registry.state.draining:
                 return await _respond(send, 503, {"status": "draining", "reason": "worker is draining"})
+            if admission.full():
+                return await _respond(send, 503, {"status": "full", "reason": (
+                    f"{admission.open_sockets} sockets open, WS_MAX_SOCKETS={admission.limit()}")})
             problems = await redis_problems()
             ready, status = readiness(problems, len(redisconf.hosts()))
             body = {"status": status, "worker": registry.worker_id()}

@@ -5,15 +5,18 @@
 - no HTTPChannel kept alive per socket (memory);
 - autobahn's per-connection options held once on the class (memory, connect CPU);
 - handshakes, closes and bytes written counted for wsworker.metrics (plain ints).
+- admission control: a handshake wsworker.admission refuses gets HTTP 503 with
+  Retry-After before the upgrade (nginx retries the next worker).
 
 Every autobahn/daphne/Twisted internal the runtime touches is named in
 PRIVATE_INTERNALS below; tests/unit/test_wsworker_internals.py fails when an
 upgrade removes one.
 """
+from autobahn.websocket.types import ConnectionDeny
 from daphne.ws_protocol import WebSocketProtocol
 from twisted.web.http import HTTPChannel
 
-from . import metrics
+from . import admission, metrics
 
 # Library internals this package relies on, each (class, attribute): an
 # attribute of the class, or one its methods set on `self`. Pinned by
@@ -34,6 +37,7 @@ PRIVATE_INTERNALS = (
     ("daphne.server.Server", "handle_reply"),  # create_application
     ("daphne.server.Server", "create_application"),  # wsworker.server
     ("daphne.server.Server", "ws_factory"),  # wsworker.server
+    ("daphne.ws_protocol.WebSocketProtocol", "server"),  # onClose: set by onConnect (admission count)
 )
 
 
@@ -58,6 +62,31 @@ class WorkerWebSocketProtocol(WebSocketProtocol):
     frames (send_frames), and no HTTPChannel kept per socket."""
 
     SERVER_CODES = frozenset({CLOSE_INTERNAL_ERROR, CLOSE_RESTART, CLOSE_OVERLOADED})
+    wsworker_refused = False  # refused at the handshake: daphne never saw it (rare: set per refusal only)
+
+    def onConnect(self, request):
+        """Admission first: a refused handshake never reaches daphne or the app.
+
+        autobahn answers ConnectionDeny with an HTTP error response instead of
+        101 (failHandshake below adds Retry-After), then drops the connection.
+        """
+        reason = admission.admit(self)
+        if reason is not None:
+            self.wsworker_refused = True
+            raise ConnectionDeny(ConnectionDeny.SERVICE_UNAVAILABLE, f"Service Unavailable ({reason})")
+        # Admitted: counted until onClose. No flag of our own per socket (memory);
+        # daphne's onConnect sets self.server first thing, which onClose checks.
+        return super().onConnect(request)
+
+    def failHandshake(self, reason, code=400, responseHeaders=None):
+        if code == ConnectionDeny.SERVICE_UNAVAILABLE:
+            responseHeaders = [*(responseHeaders or ()), ("Retry-After", str(admission.RETRY_AFTER_SECONDS)),
+                               ("Content-Length", "0"), ("Connection", "close")]
+        super().failHandshake(reason, code, responseHeaders)
+
+    def onOpen(self):
+        admission.opened(self)
+        super().onOpen()
 
     def connectionMade(self):
         super().connectionMade()
@@ -86,6 +115,10 @@ class WorkerWebSocketProtocol(WebSocketProtocol):
         super().serverReject()
 
     def onClose(self, wasClean, code, reason):
+        if self.wsworker_refused:
+            return  # daphne's onClose expects a connection it registered
+        if "server" in self.__dict__:  # onConnect admitted it (autobahn calls onClose once)
+            admission.released(self)
         # Our own close code when we closed (the client's echo may never come).
         if getattr(self, "closedByMe", False) and getattr(self, "localCloseCode", None):
             metrics.closes[("server", self.localCloseCode)] += 1

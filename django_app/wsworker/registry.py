@@ -6,6 +6,11 @@ SIGTERM drain closes them. Nothing here crosses processes (that is Redis's job).
 The app's part of the contract: add each accepted consumer to `live` (a
 consumer is anything with an async close(code=...) and a `closed` flag), and
 count what it refuses in `refusals` and how it delivered in `deliveries`.
+
+Rebalancing (wsworker.rebalance) closes only consumers whose `movable` is
+true (an attribute or a property): the app sets it once a socket may be moved
+to another worker without loss, i.e. it is welcomed and caught up and nothing
+it handed over is still pending. A consumer without `movable` is never moved.
 """
 import collections
 import os
@@ -53,6 +58,10 @@ def shed(reason: str) -> None:
     """Count one shed (slow consumer, room backlog): in `sheds` and in `refusals`."""
     sheds[reason] += 1
     refusals[f"close 1013 {reason}"] += 1
+
+# Sockets this worker closed (1012) to move them to workers below the fleet
+# mean (wsworker.rebalance), on /healthz: an operator can see a scale-out settle.
+rebalanced = collections.Counter()
 
 
 async def close_sockets(consumers, code: int, log) -> None:

@@ -2,8 +2,8 @@
 
 - startup (`_startup`, once the reactor runs): our WebSocket protocol and its
   shared options, SIGTERM/SIGINT handlers, slow-client shedding, the Redis
-  channel-layer watcher, GC tuning, the metrics port and event-loop lag watch,
-  the event-loop stall watchdog;
+  channel-layer watcher, the fleet census (admission, rebalancing), GC tuning,
+  the metrics port and event-loop lag watch, the event-loop stall watchdog;
 - main loop: daphne's reactor; each connection gets an Inbox and, for a
   WebSocket, the frames extension in its scope (`create_application`);
 - shutdown (`_on_signal`): the drain (wsworker.drain), then stop. A second
@@ -21,7 +21,7 @@ from daphne.cli import CommandLineInterface
 from daphne.server import Server
 from twisted.internet import reactor
 
-from . import conf, drain, gctune, layerwatch, metrics, shedding, watchdog
+from . import census, conf, drain, gctune, layerwatch, metrics, shedding, watchdog
 from .frames import SCOPE_FRAMES, frame_text
 from .inbox import Inbox
 from .protocol import WorkerWebSocketProtocol, share_protocol_options
@@ -60,6 +60,8 @@ class WorkerServer(Server):
         # The Redis watcher belongs to the worker process (not to every ASGI host,
         # e.g. tests), and must start once the loop runs.
         loop.call_soon(layerwatch.ensure_started)
+        # The fleet census (Redis): admission's balance rule and rebalancing after a scale-out.
+        loop.call_soon(census.ensure_started)
         gctune.tune()
         self._start_metrics()
         watchdog.start(loop, conf.get("WS_LOOP_STALL_SECONDS"))

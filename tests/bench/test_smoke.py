@@ -103,3 +103,20 @@ def test_ratios_reported(smoke):
     assert row.rstrip().endswith("× |"), row
     assert results["meta"]["product_env_overrides"]["CHAT_RATE_PER_SEC"]
     assert "wrote" in stdout
+
+
+@pytest.mark.parametrize("scenario", ["storm", "rebalance"])
+def test_scaling_scenarios_run_and_lose_nothing(smoke, scenario):
+    """bench/scaling.py: figures present, and the invariants that hold at any size."""
+    out, results, _stdout = smoke
+    res = results["scaling"][scenario]
+    assert res["lost"] == 0 and res["duplicated"] == 0 and res["reordered"] == 0, res
+    assert res["clients_stopped"] == 0 and not res["problems"], res
+    assert res["chat_messages_acked"] > 0
+    if scenario == "storm":
+        assert res["resumed"] == res["back"] == res["drained"] > 0
+        assert res["all_resumed_s"] >= res["all_back_s"] > 0
+        assert res["clients_gave_up"] == 0
+    else:
+        assert res["closes_1012"] >= res["minimum_moves"] > 0 and res["within_20pct_s"] >= 0
+    assert "## Scaling (issue 16)" in (out / "scaling.md").read_text()

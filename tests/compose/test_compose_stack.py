@@ -20,6 +20,7 @@ import yaml
 
 from tests.compose import monitoring
 from tests.compose.compose_chat import Client
+from tests.compose.scaling_check import check_make_scale_3_rebalances
 from tests.compose.composectl import FIGURES, REPO, run
 
 LONG_RUNNING = ("nginx", "web", "ws", "redis", "db")
@@ -372,3 +373,8 @@ async def test_scale_down_to_two_clients_reconnect_and_keep_chatting(project):
     finally:
         for c in clients.values():
             await c.close()
+
+
+async def test_make_scale_3_rebalances_open_sockets_without_loss(project):
+    """Leaves: the stack up with ws=3."""
+    await check_make_scale_3_rebalances(project)

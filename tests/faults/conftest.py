@@ -19,6 +19,7 @@ WORKERS = 3
 RESULTS = Path(__file__).resolve().parents[2] / "test-results" / "faults-table.md"
 _table: list[Verdict] = []
 _soaks: list = []
+_figures: dict[str, str] = {}
 
 
 @pytest.fixture(scope="session")
@@ -38,6 +39,12 @@ def soak_reports() -> list:
     return _soaks
 
 
+@pytest.fixture
+def figures() -> dict[str, str]:
+    """Scaling figures (tests/faults/test_scaling.py), printed at the end of the run."""
+    return _figures
+
+
 def render_table(rows: list[Verdict]) -> str:
     lines = ["| " + " | ".join(HEADER) + " |", "|" + "---|" * len(HEADER)]
     lines += ["| " + " | ".join(v.row()) + " |" for v in rows]
@@ -45,6 +52,10 @@ def render_table(rows: list[Verdict]) -> str:
 
 
 def pytest_terminal_summary(terminalreporter):
+    if _figures:
+        terminalreporter.write_sep("=", "scaling figures")
+        for name, value in _figures.items():
+            terminalreporter.write_line(f"{name}: {value}")
     if not _table and not _soaks:
         return
     table = render_table(_table) if _table else ""

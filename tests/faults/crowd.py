@@ -23,13 +23,14 @@ def source_addresses(count: int, per_ip: int) -> list[tuple[str, int] | None]:
 
 async def open_crowd(bases: list[str], rooms: list[str], count: int, *, after: int | None = 0,
                      concurrency: int = 50, timeout: float = 120.0, per_ip: int | None = None,
-                     ping_interval: float | None = None) -> list[ChatClient]:
+                     ping_interval: float | None = None,
+                     backoff: Backoff = Backoff(base=0.5, cap=5.0, max_attempts=20)) -> list[ChatClient]:
     """``count`` clients spread round-robin over ``bases`` (URLs) and ``rooms``; all open."""
     addrs = source_addresses(count, per_ip) if per_ip else [None] * count
     pairs = zip(range(count), cycle(bases), cycle(rooms))
     clients = [
         ChatClient(room_url(base, room), after=after, ping_interval=ping_interval, local_addr=addrs[i],
-                   keep_messages=False, backoff=Backoff(base=0.5, cap=5.0, max_attempts=20))
+                   keep_messages=False, backoff=backoff)
         for i, base, room in pairs
     ]
     gate = asyncio.Semaphore(concurrency)

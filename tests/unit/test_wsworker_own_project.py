@@ -42,11 +42,12 @@ def _wait_http(url, deadline):
 
 
 @pytest.fixture
-def own_worker():
+def own_worker(request):
     port = free_port()
     env = {k: v for k, v in os.environ.items() if k != "DJANGO_SETTINGS_MODULE"}
     env.update(DJANGO_SETTINGS_MODULE="ownproject.settings", WS_DRAIN_SECONDS="3",
                PYTHONPATH=os.pathsep.join([str(HERE), str(DJANGO_APP)]))
+    env.update(getattr(request, "param", {}))
     proc = subprocess.Popen(
         [sys.executable, "-m", "wsworker", "-b", "127.0.0.1", "-p", str(port), "ownproject.asgi:application"],
         cwd=HERE, env=env, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True,
@@ -87,3 +88,34 @@ def test_own_project_serves_health_and_drains_with_1012(own_worker):
     assert proc.wait(timeout=10) == 0
     log = proc.stdout.read()
     assert "drain: closing 1 socket(s) with 1012" in log and "drain: stopping the server" in log
+
+
+@pytest.mark.slow
+@pytest.mark.parametrize("own_worker", [{"WS_MAX_SOCKETS": "2"}], indirect=True)
+def test_without_redis_the_cap_alone_admits(own_worker):
+    """No Redis channel layer, so no census: WS_MAX_SOCKETS alone decides, before the upgrade."""
+    _proc, port = own_worker
+    base, url = f"http://127.0.0.1:{port}", f"ws://127.0.0.1:{port}/ws/echo/"
+
+    async def scenario():
+        async with websockets.connect(url, open_timeout=5) as first, websockets.connect(url, open_timeout=5):
+            with pytest.raises(websockets.InvalidStatus) as refused:
+                await websockets.connect(url, open_timeout=5)
+            response = refused.value.response
+            assert response.status_code == 503 and int(response.headers["Retry-After"]) > 0
+            status, body = _get(base + "/readyz")
+            assert status == 503 and body["status"] == "full", body
+            status, health = _get(base + "/healthz")
+            assert health["admission"]["open"] == 2 and health["admission"]["census"] is None
+            assert health["refusals"] == {"http 503 full": 1}
+            await first.close()
+            deadline = time.monotonic() + 5
+            while _get(base + "/healthz")[1]["admission"]["open"] != 1:
+                assert time.monotonic() < deadline, "the closed socket was never released"
+                await asyncio.sleep(0.05)
+            async with websockets.connect(url, open_timeout=5) as again:
+                await again.send("back")
+                assert await asyncio.wait_for(again.recv(), 5) == "echo: back"
+            assert _get(base + "/readyz")[0] == 200
+
+    asyncio.run(scenario())

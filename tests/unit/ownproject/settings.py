@@ -14,4 +14,5 @@ WS_METRICS_PORT = int(os.environ.get("WS_METRICS_PORT", "0"))
 # Set by tests/unit/test_wsworker_watchdog.py only; otherwise wsworker.conf's default.
 if "WS_LOOP_STALL_SECONDS" in os.environ:
     WS_LOOP_STALL_SECONDS = float(os.environ["WS_LOOP_STALL_SECONDS"])
+WS_MAX_SOCKETS = int(os.environ.get("WS_MAX_SOCKETS", "10000"))
 USE_TZ = True
