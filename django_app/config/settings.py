@@ -4,6 +4,7 @@ The names and defaults mirror .env.example (the single source of truth). We neve
 read a .env file here: compose, k8s and the native runner inject the environment,
 so a stray file on disk cannot silently change production behaviour.
 """
+import logging
 from pathlib import Path
 from urllib.parse import quote
 
@@ -272,6 +273,9 @@ if env.str("PROMETHEUS_MULTIPROC_DIR", default=""):
     ]
 
 # --- logging ------------------------------------------------------------------
+# Python warnings (a library's UserWarning) go through logging too, so with
+# LOG_FORMAT=json every line a process writes is one JSON object.
+logging.captureWarnings(True)
 LOG_LEVEL = env.str("LOG_LEVEL", default="INFO").upper()
 # plain: one human line per record; json: one JSON object per line (python-json-logger)
 # with the same fields, for log shippers. The token redaction applies to both.

@@ -89,5 +89,8 @@ def test_no_shared_anywhere_is_none(tmp_path):
 
 def test_official_images_are_what_the_stack_pulls():
     images = official_images(REPO)
-    assert {i.split(":")[0] for i in images} == {"nginx", "redis", "postgres", "python"}, images
+    # The stack's four, and the monitoring profile's Prometheus and exporters.
+    assert {i.split(":")[0] for i in images} == {
+        "nginx", "redis", "postgres", "python", "prom/prometheus", "oliver006/redis_exporter",
+        "prometheuscommunity/postgres-exporter", "nginx/nginx-prometheus-exporter"}, images
     assert not any("$" in i for i in images)
