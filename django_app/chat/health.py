@@ -12,6 +12,7 @@ from wsworker import redisconf
 from wsworker.health import readiness
 
 from . import dbauth
+from .delivery.db import connect_kwargs
 
 TIMEOUT = 2.0
 
@@ -44,20 +45,9 @@ def database_error(alias: str = "default") -> Exception | None:
     (10 s) when the database is gone, far longer than a probe may take, and it
     hides the server's reason (a wrong password) behind a PoolTimeout.
     """
-    db = settings.DATABASES[alias]
-    kwargs = {
-        "host": db.get("HOST") or None,
-        "port": db.get("PORT") or None,
-        "user": db.get("USER") or None,
-        "password": db.get("PASSWORD") or None,
-        "dbname": db.get("NAME"),
-        "connect_timeout": max(2, int(TIMEOUT)),
-    }
-    for key, value in db.get("OPTIONS", {}).items():
-        if key != "pool" and isinstance(value, (str, int)):
-            kwargs[key] = value
+    kwargs = connect_kwargs(max(2, TIMEOUT), alias)
     try:
-        with psycopg.connect(**{k: v for k, v in kwargs.items() if v is not None}) as conn:
+        with psycopg.connect(**kwargs) as conn:
             conn.execute("SELECT 1")
         return None
     except Exception as exc:

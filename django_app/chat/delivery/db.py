@@ -22,9 +22,9 @@ _connections: "weakref.WeakKeyDictionary[asyncio.AbstractEventLoop, psycopg.Asyn
 )
 
 
-def connect_kwargs(timeout: float) -> dict:
-    """psycopg.connect() arguments for Django's default database."""
-    db = settings.DATABASES["default"]
+def connect_kwargs(timeout: float, alias: str = "default") -> dict:
+    """psycopg.connect() arguments for one of Django's databases (also web /readyz's probe)."""
+    db = settings.DATABASES[alias]
     kwargs = {
         "host": db.get("HOST") or None,
         "port": db.get("PORT") or None,
