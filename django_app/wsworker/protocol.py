@@ -33,6 +33,8 @@ PRIVATE_INTERNALS = (
     ("twisted.internet.abstract.FileDescriptor", "offset"),  # unsent_bytes
     ("twisted.internet.abstract.FileDescriptor", "_tempDataLen"),  # unsent_bytes
     ("twisted.internet.abstract.FileDescriptor", "producer"),  # _detach_http_channel
+    ("twisted.internet.abstract.FileDescriptor", "_writeDisconnected"),  # write_through
+    ("twisted.internet.tcp.Connection", "TLS"),  # write_through
     ("daphne.server.Server", "connections"),  # drain, shedding
     ("daphne.server.Server", "handle_reply"),  # create_application
     ("daphne.server.Server", "create_application"),  # wsworker.server
@@ -55,6 +57,28 @@ def unsent_bytes(transport) -> int:
     """
     data = getattr(transport, "dataBuffer", b"")
     return len(data) - getattr(transport, "offset", 0) + getattr(transport, "_tempDataLen", 0)
+
+
+def write_through(transport, data: bytes) -> None:
+    """transport.write(data), but sent at once when nothing is waiting to be sent.
+
+    Twisted's write() only buffers: it registers the socket for writability and
+    sends on the reactor's next pass (an epoll registration, a wake-up, a send
+    and a deregistration, each through the reactor's callback wrappers). With
+    many small rooms nearly every delivery is a write to an idle socket, and
+    that round costs more than the send itself. So, like asyncio's transports,
+    try the send now and buffer only what the kernel does not take; anything
+    unusual (data already queued, a closing or TLS transport, an error) takes
+    Twisted's own path, which keeps the order and handles the error.
+    """
+    if (transport.connected and not transport.disconnecting and not transport._writeDisconnected
+            and not getattr(transport, "TLS", True) and not unsent_bytes(transport)):
+        sent = transport.writeSomeData(data)
+        if isinstance(sent, int) and sent >= 0:
+            if sent == len(data):
+                return
+            data = data[sent:]
+    transport.write(data)
 
 
 class WorkerWebSocketProtocol(WebSocketProtocol):
@@ -144,7 +168,8 @@ class WorkerWebSocketProtocol(WebSocketProtocol):
         Only an uncompressed connection can take pre-built frames (the server never
         negotiates compression, but a subclass could). Writes straight to the
         transport like autobahn's sendData, without the debug line it formats on
-        every call; behind anything autobahn has queued, so order is kept.
+        every call, and sent at once when the socket is idle (write_through);
+        behind anything autobahn or Twisted has queued, so order is kept.
         """
         if self._perMessageCompress is not None:
             return False
@@ -152,7 +177,7 @@ class WorkerWebSocketProtocol(WebSocketProtocol):
             if self.send_queue:
                 self.sendData(data)
             else:
-                self.transport.write(data)
+                write_through(self.transport, data)
                 self.trafficStats.outgoingOctetsWireLevel += len(data)
             metrics.written_bytes["framed"] += len(data)
         return True

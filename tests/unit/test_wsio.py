@@ -88,3 +88,70 @@ async def test_inbox_refuses_a_second_reader():
         await inbox.get()
     inbox.put_nowait("x")
     assert await first == "x"
+
+
+def _twisted_connection():
+    """A Twisted TCP connection over a real socket pair, without running the reactor."""
+    import socket
+
+    from twisted.internet import protocol as tx_protocol, reactor, tcp
+
+    ours, peer = socket.socketpair()
+    ours.setblocking(False)
+    peer.setblocking(False)
+    ours.setsockopt(socket.SOL_SOCKET, socket.SO_SNDBUF, 4096)
+    peer.setsockopt(socket.SOL_SOCKET, socket.SO_RCVBUF, 4096)
+    conn = tcp.Connection(ours, tx_protocol.Protocol(), reactor)
+    conn.connected = 1
+    return conn, peer
+
+
+def _drain(peer) -> bytes:
+    out = b""
+    while True:
+        try:
+            chunk = peer.recv(1 << 20)
+        except BlockingIOError:
+            return out
+        if not chunk:
+            return out
+        out += chunk
+
+
+def test_write_through_sends_to_an_idle_socket_at_once_and_queues_behind_a_backlog():
+    from wsworker.protocol import unsent_bytes, write_through
+
+    conn, peer = _twisted_connection()
+    try:
+        # idle socket: the peer can read the bytes before the reactor ever runs
+        write_through(conn, b"first")
+        assert _drain(peer) == b"first" and unsent_bytes(conn) == 0
+        # a write larger than the kernel takes: the rest waits in Twisted's buffer...
+        big = bytes(range(256)) * 4096
+        write_through(conn, big)
+        assert unsent_bytes(conn) > 0
+        # ...and a later write goes behind it, never ahead
+        write_through(conn, b"last")
+        received = _drain(peer)
+        while unsent_bytes(conn):
+            conn.doWrite()
+            received += _drain(peer)
+        assert received == big + b"last"
+    finally:
+        conn.stopWriting()
+        conn.socket.close()
+        peer.close()
+
+
+def test_write_through_leaves_a_closing_transport_to_twisted():
+    from wsworker.protocol import write_through
+
+    conn, peer = _twisted_connection()
+    try:
+        conn.disconnecting = 1
+        write_through(conn, b"late")
+        assert _drain(peer) == b""  # not sent past a close Twisted is carrying out
+    finally:
+        conn.stopWriting()
+        conn.socket.close()
+        peer.close()
