@@ -14,7 +14,17 @@ class Room(models.Model):
 
 
 class Message(models.Model):
-    room = models.ForeignKey(Room, on_delete=models.CASCADE, related_name="messages")
+    # No database-level foreign key and no index of its own on room_id:
+    # - every row is inserted by the statement that upserts its room row
+    #   (chat.delivery.store), so the reference holds by construction, and
+    #   Django still cascades a room's deletion to its messages;
+    # - Postgres's check of that key would run per message, locking (FOR KEY
+    #   SHARE) a room row the same statement has just updated: measured at 30-120
+    #   us of database CPU per stored message, more than the insert itself
+    #   (docs/benchmarks.md);
+    # - (room, seq), unique below, is the index every room query uses.
+    room = models.ForeignKey(Room, on_delete=models.CASCADE, related_name="messages",
+                             db_constraint=False, db_index=False)
     # The id clients see: dense and ordered within the room (not the table's pk).
     seq = models.BigIntegerField()
     user = models.ForeignKey(

@@ -15,56 +15,66 @@ from . import db
 from ..models import Message, Room
 
 # One statement, so one round trip and (in autocommit) one commit, for any
-# number of messages in any number of rooms. Idempotent sends first: a row whose
-# (room, client_msg_id) is already stored, or repeats an earlier row of the same
-# batch, is not inserted and gets no id (ids stay dense); the statement returns
-# the ORIGINAL message for it. Then: count the remaining messages per room,
-# allocate that many ids on each room row (locking the rows in name order, so two
-# workers' batches never deadlock), and insert every row with its id, numbered in
-# the batch's order within each room. A concurrent batch that stored the same
-# client id first makes this statement fail on the partial unique index
-# (chat_message_room_client_id): it rolls back whole (no id used) and the Writer
-# runs it again, when `existing` sees that row. Returns one row per input row,
-# in input order: (id, username, body, created_at, duplicate).
+# number of messages in any number of rooms, in time linear in the batch (no
+# join whose cost grows with rows x rooms: rows find their room by index in the
+# `names` array). The client (_Batch) has already sorted the batch's rooms
+# and dropped repeats of a (room, client id) within the batch. Here:
+# - `existing`: resends, a row whose client id is already stored in its room
+#   (an index probe per row that carries a client id). They get no new id.
+# - `allocated`: every room of the batch takes as many ids as it has new rows,
+#   on its chat_room row (an upsert), locking the rows in `names` order so two
+#   workers' batches never deadlock. The row lock serialises writers per room:
+#   ids are dense and commit in id order.
+# - `inserted`: every new row with its id, numbered in batch order within its room.
+# It returns the new last_id of each room (in `names` order), the timestamp of
+# the new rows, the batch positions of the resends with their ORIGINAL message,
+# and the count of rows inserted; the client numbers the new rows from that
+# (_Batch.result). A concurrent batch that stored the same client id first makes
+# this statement fail on the partial unique index (chat_message_room_client_id):
+# it rolls back whole (no id used) and the Writer runs it again, when `existing`
+# sees that row.
 _PERSIST_SQL = f"""
 WITH input AS (
-    SELECT m.room, m.user_id, m.username, m.body, NULLIF(m.cid, '') AS cid, m.ord
-    FROM unnest(%(rooms)s::text[], %(user_ids)s::bigint[], %(usernames)s::text[], %(bodies)s::text[],
+    SELECT m.ri, m.user_id, m.username, m.body, NULLIF(m.cid, '') AS cid, m.ord
+    FROM unnest(%(ris)s::int[], %(user_ids)s::bigint[], %(usernames)s::text[], %(bodies)s::text[],
                 %(cids)s::text[])
-         WITH ORDINALITY AS m(room, user_id, username, body, cid, ord)
+         WITH ORDINALITY AS m(ri, user_id, username, body, cid, ord)
 ), existing AS (
-    SELECT r.name AS room, msg.client_msg_id AS cid, msg.seq, msg.username, msg.body, msg.created_at
-    FROM {Message._meta.db_table} msg JOIN {Room._meta.db_table} r ON r.id = msg.room_id
-    WHERE msg.client_msg_id IS NOT NULL
-      AND (r.name, msg.client_msg_id) IN (SELECT room, cid FROM input WHERE cid IS NOT NULL)
-), batch AS (
-    SELECT i.*, row_number() OVER (PARTITION BY i.room ORDER BY i.ord) AS n
+    SELECT i.ord, msg.seq, msg.username, msg.body, msg.created_at
     FROM input i
-    WHERE i.cid IS NULL
-       OR (i.ord = (SELECT min(j.ord) FROM input j WHERE j.room = i.room AND j.cid = i.cid)
-           AND NOT EXISTS (SELECT 1 FROM existing e WHERE e.room = i.room AND e.cid = i.cid))
+    JOIN {Room._meta.db_table} r ON r.name = (%(names)s::text[])[i.ri]
+    JOIN {Message._meta.db_table} msg ON msg.room_id = r.id AND msg.client_msg_id = i.cid
+    WHERE i.cid IS NOT NULL
+), marked AS (
+    SELECT i.*, (i.cid IS NULL OR i.ord NOT IN (SELECT ord FROM existing)) AS fresh FROM input i
 ), counts AS (
-    SELECT room, count(*) AS k FROM batch GROUP BY room
+    SELECT ri, count(*) FILTER (WHERE fresh) AS k FROM marked GROUP BY ri
 ), allocated AS (
     INSERT INTO {Room._meta.db_table} AS r (name, last_id)
-    SELECT room, k FROM counts ORDER BY room
+    SELECT (%(names)s::text[])[ri], k FROM counts ORDER BY ri
     ON CONFLICT (name) DO UPDATE SET last_id = r.last_id + EXCLUDED.last_id
     RETURNING id, name, last_id
+), rooms AS (
+    SELECT array_agg(id ORDER BY p) AS ids, array_agg(last_id ORDER BY p) AS lasts
+    FROM (SELECT id, last_id, array_position(%(names)s::text[], name::text) AS p FROM allocated) a
 ), numbered AS (
-    SELECT b.ord, b.room, b.cid, b.user_id, b.username, b.body, a.id AS room_id, a.last_id - c.k + b.n AS seq
-    FROM batch b JOIN allocated a ON a.name = b.room JOIN counts c ON c.room = b.room
+    SELECT m.ri, m.cid, m.user_id, m.username, m.body,
+           row_number() OVER (PARTITION BY m.ri ORDER BY m.ord) - count(*) OVER (PARTITION BY m.ri) AS back
+    FROM marked m WHERE m.fresh
 ), inserted AS (
     INSERT INTO {Message._meta.db_table} (room_id, seq, user_id, username, body, created_at, client_msg_id)
-    SELECT room_id, seq, user_id, username, body, statement_timestamp(), cid FROM numbered
+    SELECT r.ids[n.ri], r.lasts[n.ri] + n.back, n.user_id, n.username, n.body, statement_timestamp(), n.cid
+    FROM numbered n, rooms r
     RETURNING 1
 )
-SELECT COALESCE(e.seq, nw.seq), COALESCE(e.username, nw.username), COALESCE(e.body, nw.body),
-       COALESCE(e.created_at, statement_timestamp()), (e.seq IS NOT NULL OR nw.ord <> i.ord),
+SELECT r.lasts, statement_timestamp(), e.ords, e.seqs, e.usernames, e.bodies, e.created_ats,
        (SELECT count(*) FROM inserted)
-FROM input i
-LEFT JOIN existing e ON e.room = i.room AND e.cid = i.cid
-LEFT JOIN numbered nw ON nw.ord = i.ord OR (nw.room = i.room AND nw.cid = i.cid)
-ORDER BY i.ord
+FROM rooms r, (
+    SELECT array_agg(ord ORDER BY ord) AS ords, array_agg(seq ORDER BY ord) AS seqs,
+           array_agg(username ORDER BY ord) AS usernames, array_agg(body ORDER BY ord) AS bodies,
+           array_agg(created_at ORDER BY ord) AS created_ats
+    FROM existing
+) e
 """
 
 
@@ -76,22 +86,65 @@ def _wire(room: str, seq, username, body, created_at) -> dict:
     return protocol.message_dict(seq, room, username, body, _ts(created_at))
 
 
-def _batch_params(items) -> dict:
-    return {
-        "rooms": [i[0] for i in items], "user_ids": [i[1] for i in items],
-        "usernames": [i[2] for i in items], "bodies": [i[3] for i in items],
-        "cids": [i[4] for i in items],
-    }
+class _Batch:
+    """One batch as the statement takes it, and how its answer maps back to the input rows.
 
+    Rows repeating a (room, client id) of an earlier row of the same batch are not
+    sent: they get the first row's message, flagged duplicate. Rooms are numbered
+    in code point order (Postgres's "C" order), the order their rows are locked in.
+    """
 
-def _batch_items(items) -> list[tuple]:
-    """(room, user_id, username, text, client_msg_id) tuples; the client id is optional."""
-    return [tuple(i) + (None,) * (5 - len(i)) for i in items]
+    __slots__ = ("items", "sent", "first_of", "names", "ris")
 
+    def __init__(self, items):
+        self.items = [tuple(i) + (None,) * (5 - len(i)) for i in items]
+        self.sent: list[int] = []  # input positions sent to Postgres
+        self.first_of: dict[int, int] = {}  # input position -> position of the row it repeats
+        seen: dict = {}
+        for pos, item in enumerate(self.items):
+            key = (item[0], item[4]) if item[4] else None
+            if key is not None and key in seen:
+                self.first_of[pos] = seen[key]
+                continue
+            if key is not None:
+                seen[key] = pos
+            self.sent.append(pos)
+        self.names = sorted({self.items[pos][0] for pos in self.sent})
+        index = {name: ri for ri, name in enumerate(self.names, 1)}
+        self.ris = [index[self.items[pos][0]] for pos in self.sent]
 
-def _batch_result(items, rows) -> list[tuple[dict, bool]]:
-    return [(_wire(item[0], seq, username, body, created_at), duplicate)
-            for item, (seq, username, body, created_at, duplicate, _n) in zip(items, rows)]
+    def params(self) -> dict:
+        rows = [self.items[pos] for pos in self.sent]
+        return {
+            "names": self.names, "ris": self.ris,
+            "user_ids": [r[1] for r in rows], "usernames": [r[2] for r in rows],
+            "bodies": [r[3] for r in rows], "cids": [r[4] for r in rows],
+        }
+
+    def result(self, answer) -> list[tuple[dict, bool]]:
+        lasts, created_at, ords, seqs, usernames, bodies, created_ats, inserted = answer
+        resent = {ord_ - 1: i for i, ord_ in enumerate(ords or ())}  # sent position -> index in the arrays
+        fresh = [k for k in range(len(self.sent)) if k not in resent]
+        if inserted != len(fresh):
+            raise RuntimeError(f"stored {inserted} message(s), expected {len(fresh)}")
+        # Per room, the new rows take the room's last ids, in batch order.
+        remaining = [0] * len(self.names)
+        for k in fresh:
+            remaining[self.ris[k] - 1] += 1
+        out: list = [None] * len(self.items)
+        for k, pos in enumerate(self.sent):
+            room = self.items[pos][0]
+            if k in resent:
+                i = resent[k]
+                out[pos] = (_wire(room, seqs[i], usernames[i], bodies[i], created_ats[i]), True)
+                continue
+            ri = self.ris[k] - 1
+            seq = lasts[ri] - remaining[ri] + 1
+            remaining[ri] -= 1
+            out[pos] = (_wire(room, seq, self.items[pos][2], self.items[pos][3], created_at), False)
+        for pos, first in self.first_of.items():
+            out[pos] = (out[first][0], True)
+        return out
 
 
 def store_batch(items) -> list[tuple[dict, bool]]:
@@ -102,16 +155,17 @@ def store_batch(items) -> list[tuple[dict, bool]]:
     already stored in the room, or earlier in this list) gets the original
     message and stores nothing.
     """
-    items = _batch_items(items)
+    batch = _Batch(items)
     with connection.cursor() as cur:
-        cur.execute(_PERSIST_SQL, _batch_params(items))
-        return _batch_result(items, cur.fetchall())
+        cur.execute(_PERSIST_SQL, batch.params())
+        return batch.result(cur.fetchone())
 
 
 async def store_batch_async(items) -> list[tuple[dict, bool]]:
     """store_batch on the Writer's async connection (chat.delivery.db): no thread hop."""
-    items = _batch_items(items)
-    return _batch_result(items, await db.execute(_PERSIST_SQL, _batch_params(items)))
+    batch = _Batch(items)
+    (answer,) = await db.execute(_PERSIST_SQL, batch.params())
+    return batch.result(answer)
 
 
 def persist_batch(items) -> list[dict]:
