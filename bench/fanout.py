@@ -68,8 +68,21 @@ class FanoutRun:
             p.close()
 
     # ---------------------------------------------------------------- sockets
-    def ensure_subscribers(self):
-        """Connect (or top up after a shed) every subscriber, balanced over the workers."""
+    def ensure_subscribers(self, rounds=3):
+        """Connect (or top up after a shed) every subscriber, balanced over the workers.
+
+        A socket the server closes while the others are still connecting (e.g. a
+        worker rebalancing the previous scenario's leftovers with 1012) is topped
+        up in the next round, as a real client would reconnect."""
+        for attempt in range(1, rounds + 1):
+            alive, want, failures, dist = self._ensure_round()
+            if alive >= want:
+                return dist
+            if attempt < rounds:
+                self.log(f"  {self.sc.name}: {alive}/{want} subscribers connected ({failures}); topping up")
+        raise RuntimeError(f"only {alive}/{want} subscribers connected ({failures})")
+
+    def _ensure_round(self):
         shares = [dict() for _ in self.subs]
         for room in self.rooms:
             if self.sc.balance != "room":
@@ -104,10 +117,7 @@ class FanoutRun:
         for ws in spans.values():
             hist[str(len(ws))] = hist.get(str(len(ws)), 0) + 1
         self.spans = dict(sorted(hist.items()))
-        want = self.sc.rooms * self.sc.subs_per_room
-        if alive < want:
-            raise RuntimeError(f"only {alive}/{want} subscribers connected ({failures})")
-        return dist
+        return alive, self.sc.rooms * self.sc.subs_per_room, failures, dist
 
     def connect(self):
         dist = self.ensure_subscribers()

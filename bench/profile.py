@@ -15,7 +15,7 @@ import threading
 from collections import Counter
 from pathlib import Path
 
-from bench.__main__ import make_stack
+from bench.__main__ import FULL, make_stack
 from bench.fanout import FanoutRun, Scenario
 from bench.procs import REPO, VENV_BIN
 
@@ -73,6 +73,7 @@ def main(argv=None):
     ap.add_argument("--stack", default="ours", help="baseline, ours, ours+asynccommit, ours@uvicorn")
     ap.add_argument("--pubs", type=int, default=2, help="publisher sockets")
     ap.add_argument("--subs", type=int, default=100)
+    ap.add_argument("--scenario", default="", help="a `make bench` scenario (e.g. DM2000, G200x15) instead of --subs/--pubs")
     ap.add_argument("--rate", type=int, default=3000, help="offered deliveries/s held while sampling")
     ap.add_argument("--seconds", type=float, default=12.0)
     ap.add_argument("--env", action="append", default=[], help="KEY=VALUE for the product stack")
@@ -80,15 +81,19 @@ def main(argv=None):
     args = ap.parse_args(argv)
     out = Path(args.out)
     out.mkdir(parents=True, exist_ok=True)
-    tag = f"{args.stack}-N{args.subs}-{args.rate}".replace("@", "_").replace("+", "_")
+    shape = args.scenario or f"N{args.subs}"
+    tag = f"{args.stack}-{shape}-{args.rate}".replace("@", "_").replace("+", "_")
     stack = make_stack(args.stack, 2, dict(kv.split("=", 1) for kv in args.env))
     stack.up()
     try:
         if args.stack.endswith("@uvicorn"):
             stack.swap_ws_to_uvicorn()
-        run = FanoutRun(stack, Scenario(name="profile", subs_per_room=args.subs, steps=[args.rate],
-                                        pubs_per_room=args.pubs,
-                                        duration=args.seconds + 3, drain_s=5), log=print)
+        if args.scenario:
+            spec = dict(FULL[args.scenario], steps=[args.rate], duration=args.seconds + 3, drain_s=5)
+        else:
+            spec = dict(subs_per_room=args.subs, pubs_per_room=args.pubs, steps=[args.rate],
+                        duration=args.seconds + 3, drain_s=5)
+        run = FanoutRun(stack, Scenario(name="profile", **spec), log=print)
         try:
             run.connect()
             pid = stack.server_pids()["ws1"]
@@ -107,7 +112,7 @@ def main(argv=None):
             run.close()
     finally:
         stack.down()
-    summary = {"stack": args.stack, "rate": args.rate, "subs": args.subs, "pubs": args.pubs, "step": row,
+    summary = {"stack": args.stack, "rate": args.rate, "subs": args.subs, "scenario": args.scenario, "pubs": args.pubs, "step": row,
                "profile": fold(out / f"{tag}-ws1.txt")}
     (out / f"{tag}-summary.json").write_text(json.dumps(summary, indent=1))
     print(json.dumps({k: summary[k] for k in ("stack", "rate", "subs")}, indent=None))
