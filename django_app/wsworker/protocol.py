@@ -35,7 +35,9 @@ PRIVATE_INTERNALS = (
     ("twisted.internet.abstract.FileDescriptor", "producer"),  # _detach_http_channel
     ("twisted.internet.abstract.FileDescriptor", "_writeDisconnected"),  # write_through
     ("twisted.internet.tcp.Connection", "TLS"),  # write_through
-    ("daphne.server.Server", "connections"),  # drain, shedding
+    ("daphne.server.Server", "connections"),  # drain, shedding, application_checker
+    ("daphne.server.Server", "application_checker"),  # wsworker.server
+    ("daphne.server.Server", "protocol_disconnected"),  # wsworker.server
     ("daphne.server.Server", "handle_reply"),  # create_application
     ("daphne.server.Server", "create_application"),  # wsworker.server
     ("daphne.server.Server", "ws_factory"),  # wsworker.server

@@ -5,7 +5,8 @@
   channel-layer watcher, the fleet census (admission, rebalancing), GC tuning,
   the metrics port and event-loop lag watch, the event-loop stall watchdog;
 - main loop: daphne's reactor; each connection gets an Inbox and, for a
-  WebSocket, the frames extension in its scope (`create_application`);
+  WebSocket, the frames extension in its scope (`create_application`); the
+  once-a-second reaper looks only at connections that ended (`application_checker`);
 - shutdown (`_on_signal`): the drain (wsworker.drain), then stop. A second
   signal stops at once.
 
@@ -36,6 +37,7 @@ class WorkerServer(Server):
         super().__init__(*args, **kwargs)
         self._drain_task = None
         self._fatal = None  # why startup gave up: the process then exits non-zero
+        self._to_reap: set = set()  # connections application_checker must look at
 
     def run(self):
         reactor.callWhenRunning(self._startup)
@@ -98,8 +100,41 @@ class WorkerServer(Server):
         )
         if protocol not in self.connections:
             return None
-        self.connections[protocol]["application_instance"] = asyncio.ensure_future(application_instance)
+        task = self.connections[protocol]["application_instance"] = asyncio.ensure_future(application_instance)
+        task.add_done_callback(lambda _task: self._to_reap.add(protocol))
         return inbox
+
+    def protocol_disconnected(self, protocol):
+        super().protocol_disconnected(protocol)
+        self._to_reap.add(protocol)
+
+    def application_checker(self):
+        """daphne's once-a-second reaper, run on the connections that need it only.
+
+        daphne walks EVERY connection each second to find application instances
+        that finished and connections that went away (and cancels an application
+        that outlives its disconnect by application_close_timeout). With thousands
+        of sockets per worker that walk is a steady cost and a pause each second.
+        Here only connections whose application finished or which disconnected
+        (both signalled) are handed to daphne's own checker; one still waiting for
+        its application to finish after a disconnect stays on the list.
+        """
+        everything, candidates = self.connections, {}
+        for protocol in self._to_reap:
+            if protocol in everything:
+                candidates[protocol] = everything[protocol]
+        self._to_reap = set()
+        checked = dict(candidates)
+        self.connections = candidates  # daphne's checker walks and prunes self.connections
+        try:
+            super().application_checker()  # reschedules this method in 1 s
+        finally:
+            self.connections = everything
+        for protocol, details in checked.items():
+            if protocol not in candidates:
+                everything.pop(protocol, None)  # reaped: disconnected and its application done
+            elif details.get("disconnected"):
+                self._to_reap.add(protocol)  # its application has not finished yet: look again
 
     # ------------------------------------------------------------ shutdown
     def _on_signal(self, sig):

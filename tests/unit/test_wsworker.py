@@ -184,3 +184,40 @@ def test_worker_writes_room_messages_as_prebuilt_frames_in_order():
         assert deliveries.get("framed", 0) >= 3 and deliveries.get("asgi", 0) == 0, deliveries
     finally:
         _stop(proc)
+
+
+async def test_reaper_looks_only_at_ended_connections_and_reaps_like_daphne(monkeypatch, caplog):
+    """WorkerServer.application_checker: a connection whose socket and application
+    both ended is forgotten, one whose application is still closing is looked at
+    again, a live one is left alone, and an application's crash is still logged."""
+    import daphne.server
+    from wsworker.server import WorkerServer
+
+    monkeypatch.setattr(daphne.server.reactor, "callLater", lambda *a, **k: None)
+    server = WorkerServer(application=None, endpoints=["tcp:port=0:interface=127.0.0.1"])
+    loop = asyncio.get_running_loop()
+
+    def app(result=None, exc=None):
+        fut = loop.create_future()
+        if exc is not None:
+            fut.set_exception(exc)
+        elif result is not None:
+            fut.set_result(result)
+        return fut
+
+    live, gone, closing, crashed = (object() for _ in range(4))
+    server.connections = {
+        live: {"application_instance": app()},
+        gone: {"application_instance": app(result=True), "disconnected": time.time()},
+        closing: {"application_instance": app(), "disconnected": time.time()},
+        crashed: {"application_instance": app(exc=ValueError("boom")), "disconnected": time.time()},
+    }
+    server._to_reap = {gone, closing, crashed}
+    server.application_checker()
+    assert set(server.connections) == {live, closing}
+    assert server._to_reap == {closing}, "a connection still closing is looked at again"
+    assert "Exception inside application: boom" in caplog.text
+    server.connections[closing]["application_instance"].set_result(True)
+    server._to_reap.add(closing)  # what the application's done callback does
+    server.application_checker()
+    assert set(server.connections) == {live} and not server._to_reap
