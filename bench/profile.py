@@ -60,9 +60,9 @@ def fold(raw_path):
     return {"samples": total, "buckets_pct": pct, "top_leaf_pct": top}
 
 
-def pyspy(pid, seconds, out_base, idle=False):
+def pyspy(pid, seconds, out_base, idle=False, native=False):
     base = [str(VENV_BIN / "py-spy"), "record", "-p", str(pid), "-d", str(int(seconds)), "-r", "200",
-            "--nonblocking"] + (["--idle"] if idle else [])
+            ] + (["--idle"] if idle else []) + (["--native"] if native else ["--nonblocking"])
     raw = subprocess.Popen(base + ["-f", "raw", "-o", f"{out_base}.txt"], stdout=subprocess.DEVNULL,
                            stderr=subprocess.PIPE, text=True)
     return raw
@@ -76,6 +76,7 @@ def main(argv=None):
     ap.add_argument("--scenario", default="", help="a `make bench` scenario (e.g. DM2000, G200x15) instead of --subs/--pubs")
     ap.add_argument("--rate", type=int, default=3000, help="offered deliveries/s held while sampling")
     ap.add_argument("--seconds", type=float, default=12.0)
+    ap.add_argument("--native", action="store_true", help="py-spy --native: C frames too (uvloop, libpq)")
     ap.add_argument("--env", action="append", default=[], help="KEY=VALUE for the product stack")
     ap.add_argument("--out", default=str(REPO / "bench" / "results" / "profile"))
     args = ap.parse_args(argv)
@@ -100,7 +101,7 @@ def main(argv=None):
             result = {}
             # py-spy starts 1 s into the step so the sample window is steady state.
             timer = threading.Timer(1.0, lambda: result.setdefault(
-                "proc", pyspy(pid, args.seconds, out / f"{tag}-ws1")))
+                "proc", pyspy(pid, args.seconds, out / f"{tag}-ws1", native=args.native)))
             timer.start()
             row = run.run_step(1, args.rate)
             timer.join()
