@@ -12,6 +12,8 @@ Every autobahn/daphne/Twisted internal the runtime touches is named in
 PRIVATE_INTERNALS below; tests/unit/test_wsworker_internals.py fails when an
 upgrade removes one.
 """
+import asyncio
+
 from autobahn.websocket.types import ConnectionDeny
 from daphne.ws_protocol import WebSocketProtocol
 from twisted.web.http import HTTPChannel
@@ -33,8 +35,9 @@ PRIVATE_INTERNALS = (
     ("twisted.internet.abstract.FileDescriptor", "offset"),  # unsent_bytes
     ("twisted.internet.abstract.FileDescriptor", "_tempDataLen"),  # unsent_bytes
     ("twisted.internet.abstract.FileDescriptor", "producer"),  # _detach_http_channel
-    ("twisted.internet.abstract.FileDescriptor", "_writeDisconnected"),  # write_through
-    ("twisted.internet.tcp.Connection", "TLS"),  # write_through
+    ("twisted.internet.abstract.FileDescriptor", "_writeDisconnected"),  # write_soon
+    ("twisted.internet.abstract.FileDescriptor", "_tempDataBuffer"),  # write_soon
+    ("twisted.internet.tcp.Connection", "TLS"),  # write_soon
     ("daphne.server.Server", "connections"),  # drain, shedding, application_checker
     ("daphne.server.Server", "application_checker"),  # wsworker.server
     ("daphne.server.Server", "protocol_disconnected"),  # wsworker.server
@@ -61,26 +64,54 @@ def unsent_bytes(transport) -> int:
     return len(data) - getattr(transport, "offset", 0) + getattr(transport, "_tempDataLen", 0)
 
 
-def write_through(transport, data: bytes) -> None:
-    """transport.write(data), but sent at once when nothing is waiting to be sent.
+_queued: list = []  # transports holding frames the next flush sends (write_soon)
 
-    Twisted's write() only buffers: it registers the socket for writability and
-    sends on the reactor's next pass (an epoll registration, a wake-up, a send
-    and a deregistration, each through the reactor's callback wrappers). With
-    many small rooms nearly every delivery is a write to an idle socket, and
-    that round costs more than the send itself. So, like asyncio's transports,
-    try the send now and buffer only what the kernel does not take; anything
-    unusual (data already queued, a closing or TLS transport, an error) takes
-    Twisted's own path, which keeps the order and handles the error.
+
+def write_soon(transport, data: bytes) -> None:
+    """transport.write(data), sent by one flush per event-loop pass for all sockets.
+
+    Twisted's write() buffers, registers the socket for writability and sends
+    on the reactor's next pass: per socket an epoll registration, a wake-up, a
+    send and a deregistration, each through the reactor's callback wrappers.
+    With many small rooms nearly every delivery is a write to an idle socket,
+    and that round costs more than the send itself. Here the frames go into
+    Twisted's own buffer (so they stay in order with anything autobahn writes)
+    and ONE callback, scheduled once per loop pass, sends every socket's
+    buffer with one send() each: several runs written to a socket in the same
+    pass still leave in one send, as before. Only what the kernel does not
+    take (a slow reader) waits for writability the usual way; a closing, TLS or
+    already-backlogged transport takes Twisted's path unchanged.
     """
-    if (transport.connected and not transport.disconnecting and not transport._writeDisconnected
-            and not getattr(transport, "TLS", True) and not unsent_bytes(transport)):
-        sent = transport.writeSomeData(data)
-        if isinstance(sent, int) and sent >= 0:
-            if sent == len(data):
-                return
-            data = data[sent:]
-    transport.write(data)
+    if transport in _queued_set:
+        transport._tempDataBuffer.append(data)
+        transport._tempDataLen += len(data)
+        return
+    if (not transport.connected or transport.disconnecting or transport._writeDisconnected
+            or getattr(transport, "TLS", True) or unsent_bytes(transport)):
+        transport.write(data)
+        return
+    transport._tempDataBuffer.append(data)
+    transport._tempDataLen += len(data)
+    _queued_set.add(transport)
+    _queued.append(transport)
+    if len(_queued) == 1:
+        asyncio.get_event_loop().call_soon(_flush)
+
+
+_queued_set: set = set()
+
+
+def _flush() -> None:
+    batch = _queued[:]
+    _queued.clear()
+    _queued_set.clear()
+    for transport in batch:
+        if not transport.connected or not unsent_bytes(transport):
+            continue
+        if transport.doWrite() is not None or unsent_bytes(transport):
+            # The kernel took part of it (a slow reader) or the connection failed or
+            # is closing: the reactor finishes the write, or reports the loss.
+            transport.startWriting()
 
 
 class WorkerWebSocketProtocol(WebSocketProtocol):
@@ -170,7 +201,7 @@ class WorkerWebSocketProtocol(WebSocketProtocol):
         Only an uncompressed connection can take pre-built frames (the server never
         negotiates compression, but a subclass could). Writes straight to the
         transport like autobahn's sendData, without the debug line it formats on
-        every call, and sent at once when the socket is idle (write_through);
+        every call, sent by one flush per loop pass (write_soon);
         behind anything autobahn or Twisted has queued, so order is kept.
         """
         if self._perMessageCompress is not None:
@@ -179,7 +210,7 @@ class WorkerWebSocketProtocol(WebSocketProtocol):
             if self.send_queue:
                 self.sendData(data)
             else:
-                write_through(self.transport, data)
+                write_soon(self.transport, data)
                 self.trafficStats.outgoingOctetsWireLevel += len(data)
             metrics.written_bytes["framed"] += len(data)
         return True

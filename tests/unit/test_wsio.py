@@ -118,20 +118,46 @@ def _drain(peer) -> bytes:
         out += chunk
 
 
-def test_write_through_sends_to_an_idle_socket_at_once_and_queues_behind_a_backlog():
-    from wsworker.protocol import unsent_bytes, write_through
+async def test_write_soon_sends_each_socket_once_per_loop_pass_in_order():
+    """Frames written to idle sockets in one pass leave in one send() per socket,
+    on the next pass, without the reactor registering anything; order is kept."""
+    from twisted.internet import reactor
+
+    from wsworker.protocol import unsent_bytes, write_soon
+
+    (a, peer_a), (b, peer_b) = _twisted_connection(), _twisted_connection()
+    sends = []
+    for conn in (a, b):
+        real = conn.writeSomeData
+        conn.writeSomeData = lambda data, conn=conn, real=real: sends.append(conn) or real(data)
+    try:
+        write_soon(a, b"one ")
+        write_soon(b, b"other")
+        write_soon(a, b"two")
+        assert _drain(peer_a) == b"" and unsent_bytes(a) == 7  # nothing sent during the pass
+        await asyncio.sleep(0)  # the next pass runs the flush
+        assert _drain(peer_a) == b"one two" and _drain(peer_b) == b"other"
+        assert sorted(map(id, sends)) == sorted([id(a), id(b)]), "one send per socket"
+        assert a not in reactor.getWriters() and not unsent_bytes(a)
+    finally:
+        for conn, peer in ((a, peer_a), (b, peer_b)):
+            conn.stopWriting()
+            conn.socket.close()
+            peer.close()
+
+
+async def test_write_soon_leaves_what_the_kernel_refuses_to_the_reactor_and_queues_behind_it():
+    from twisted.internet import reactor
+
+    from wsworker.protocol import unsent_bytes, write_soon
 
     conn, peer = _twisted_connection()
     try:
-        # idle socket: the peer can read the bytes before the reactor ever runs
-        write_through(conn, b"first")
-        assert _drain(peer) == b"first" and unsent_bytes(conn) == 0
-        # a write larger than the kernel takes: the rest waits in Twisted's buffer...
         big = bytes(range(256)) * 4096
-        write_through(conn, big)
-        assert unsent_bytes(conn) > 0
-        # ...and a later write goes behind it, never ahead
-        write_through(conn, b"last")
+        write_soon(conn, big)
+        await asyncio.sleep(0)
+        assert unsent_bytes(conn) > 0 and conn in reactor.getWriters(), "the rest waits for writability"
+        write_soon(conn, b"last")  # behind the backlog, never ahead
         received = _drain(peer)
         while unsent_bytes(conn):
             conn.doWrite()
@@ -143,14 +169,14 @@ def test_write_through_sends_to_an_idle_socket_at_once_and_queues_behind_a_backl
         peer.close()
 
 
-def test_write_through_leaves_a_closing_transport_to_twisted():
-    from wsworker.protocol import write_through
+def test_write_soon_leaves_a_closing_transport_to_twisted():
+    from wsworker.protocol import _queued, write_soon
 
     conn, peer = _twisted_connection()
     try:
         conn.disconnecting = 1
-        write_through(conn, b"late")
-        assert _drain(peer) == b""  # not sent past a close Twisted is carrying out
+        write_soon(conn, b"late")
+        assert conn not in _queued and _drain(peer) == b""  # Twisted's own path, behind its close
     finally:
         conn.stopWriting()
         conn.socket.close()
