@@ -76,11 +76,13 @@ class RoomLoad:
         self.failed: list[str] = []
         self._stop = asyncio.Event()
         self._senders: list[asyncio.Task] = []
+        self.started_at = time.time()  # wall clock of start(): servers' logs are read from here
 
     def all_clients(self) -> list[ChatClient]:
         return [c for cs in self.clients.values() for c in cs]
 
     async def start(self, open_timeout: float = 30.0) -> None:
+        self.started_at = time.time()
         clients = self.all_clients()
         await asyncio.gather(*(c.start() for c in clients))
         await asyncio.gather(*(c.wait_open(open_timeout) for c in clients))

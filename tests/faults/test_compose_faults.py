@@ -15,6 +15,7 @@ each leaves the stack with three healthy replicas.
 from __future__ import annotations
 
 import asyncio
+import re
 import time
 from collections import Counter
 
@@ -78,6 +79,22 @@ async def test_docker_kill_one_ws_replica(compose_stack, fault_table):
     assert_no_loss(verdict)
 
 
+def rebalance_closes(stack: ComposeStack, since: float) -> int:
+    """1012 closes the ws replicas logged as rebalancing since then (wsworker.rebalance).
+
+    A compose load's dozen handshakes can land on one replica (nginx re-resolves
+    the ws service every NGINX_RESOLVER_VALID and Docker's DNS order is random);
+    the census then moves the excess to the others with 1012, whatever else
+    happens. Those closes are the balancer's, not the fault's: they are told
+    apart by the replicas' own "rebalance: done, closed N socket(s)" lines.
+    """
+    total = 0
+    for cid in stack.ws_replicas().values():
+        for match in re.finditer(r"rebalance: done, closed (\d+) socket", stack.logs_since(cid, since)):
+            total += int(match.group(1))
+    return total
+
+
 async def test_redis_restart(compose_stack, fault_table):
     seen: dict = {}
 
@@ -87,6 +104,7 @@ async def test_redis_restart(compose_stack, fault_table):
         clients = load.all_clients()
         seen["serving"] = {worker_host(c.worker) for c in clients}
         seen["since"] = time.time()
+        seen["load_since"] = load.started_at
         await asyncio.to_thread(stack.project.compose, "restart", "redis", timeout=120)
         seen["restarted"] = (await asyncio.to_thread(stack.state, redis_id))["StartedAt"] != before
         # Each replica's watcher notices the new Redis and its rooms subscribe again.
@@ -103,9 +121,13 @@ async def test_redis_restart(compose_stack, fault_table):
     fault_table.append(verdict)
     assert seen["restarted"], "redis container was not restarted"
     assert seen["serving"] <= set(seen["replicas"]), (seen["serving"], seen["replicas"])
-    # Sockets ride out the restart: no client was disconnected, and nothing was lost.
+    # Sockets ride out the restart: no client was disconnected by it (the only
+    # closes allowed are the balancer's, counted from the replicas' logs), and
+    # nothing was lost.
     closes = Counter(o.code for c in load.all_clients() for o in c.outages)
-    assert not closes, f"sockets were closed by the Redis restart: {dict(closes)}"
+    moved = await asyncio.to_thread(rebalance_closes, compose_stack, seen["load_since"] - 1)
+    assert set(closes) <= {1012} and closes[1012] <= moved, \
+        f"sockets were closed by the Redis restart: {dict(closes)} ({moved} moved by the rebalancer)"
     assert_no_loss(verdict)
 
 
@@ -117,6 +139,7 @@ async def test_redis_frozen(compose_stack, fault_table):
 
     async def inject(stack: ComposeStack, load):
         seen["from"] = time.monotonic()
+        seen["load_since"] = load.started_at
         await asyncio.to_thread(stack.project.compose, "pause", "redis", timeout=60)
         try:
             await asyncio.sleep(15)  # the fault's duration
@@ -132,9 +155,10 @@ async def test_redis_frozen(compose_stack, fault_table):
     assert seen["p99"] <= 1.0, f"ack p99 {seen['p99']:.2f}s during the Redis freeze > 1 s"
     closes = Counter(o.code for c in load.all_clients() for o in c.outages)
     verdict.extra += f"; closes {dict(closes) or 0}"
-    # The issue's targets for a Redis hang are the ack time and 0 lost / 0 duplicated.
-    # In compose a few sockets may get 1012 around the freeze (seen once in a CI
-    # rehearsal: 7 of the load's sockets; not diagnosed, see docs/reliability.md):
-    # a clean "reconnect now" close the clients resume from. Anything else fails.
-    assert set(closes) <= {1012}, f"sockets were closed abnormally by the Redis freeze: {dict(closes)}"
+    # The issue's targets for a Redis hang are the ack time and 0 lost / 0 duplicated;
+    # no socket is closed by the freeze either: the only closes allowed are the
+    # balancer's (rebalance_closes), which moves a load that landed on one replica.
+    moved = await asyncio.to_thread(rebalance_closes, compose_stack, seen["load_since"] - 1)
+    assert set(closes) <= {1012} and closes[1012] <= moved, \
+        f"sockets were closed by the Redis freeze: {dict(closes)} ({moved} moved by the rebalancer)"
     assert_no_loss(verdict)
