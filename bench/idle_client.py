@@ -10,6 +10,7 @@ from collections import Counter
 import websockets
 from websockets.client import ClientProtocol
 from websockets.frames import Frame, Opcode
+from websockets.protocol import State
 from websockets.typing import Origin
 from websockets.uri import parse_uri
 
@@ -57,8 +58,9 @@ class _Handshake(asyncio.Protocol):
 
     def close(self):
         if self.transport is not None and not self.transport.is_closing():
-            self.ws.send_close(1000)
-            self._flush()
+            if self.ws.state is State.OPEN:  # a refused handshake (e.g. HTTP 500) has no close handshake
+                self.ws.send_close(1000)
+                self._flush()
             self.transport.close()
 
 
