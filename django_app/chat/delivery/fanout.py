@@ -207,8 +207,12 @@ class Room:
                 logger.warning("room %s: group_discard failed", self.name, exc_info=True)
 
     def _cancel_tasks(self):
+        # Once per task: a receiver already cancelled is inside channels_redis's
+        # cleanup (its UNSUBSCRIBE); a second cancel would interrupt that and be
+        # logged by channels_redis as an error.
         for task in (self.deliverer, self.receiver):
-            if task is not None and task is not asyncio.current_task():
+            if task is not None and task is not asyncio.current_task() and not task.done() \
+                    and not task.cancelling():
                 task.cancel()
 
     async def fail(self):
