@@ -1,11 +1,12 @@
 """Pipelined publishes (chat.delivery.redislayer) reach the same subscribers as
 group_send, and the channels_redis internals they use still exist."""
+import asyncio
 import importlib
 
 import pytest
 from channels.layers import get_channel_layer
 
-from chat.delivery.redislayer import PRIVATE_INTERNALS, publish_many
+from chat.delivery.redislayer import PRIVATE_INTERNALS, listen, publish_many
 
 
 @pytest.mark.parametrize("where,attr", PRIVATE_INTERNALS)
@@ -28,3 +29,84 @@ async def test_publish_many_reaches_group_members_in_order():
     assert got[7] == {"type": "chat.message", "id": 7, "text": "t7"}
     await layer.group_discard("pipe-a", channel)
     await layer.group_discard("pipe-b", channel)
+
+
+async def _redis_subscriptions(*groups):
+    """(subscribers of each group's channel, every channel this Redis has subscribers on)."""
+    from django.conf import settings
+    from redis import asyncio as aioredis
+
+    client = aioredis.Redis.from_url(settings.REDIS_URL)
+    try:
+        prefix = settings.CHANNEL_LAYERS["default"]["CONFIG"]["prefix"]
+        counts = [n for _name, n in await client.pubsub_numsub(*(f"{prefix}__group__{g}" for g in groups))]
+        return counts, {c.decode() for c in await client.pubsub_channels()}
+    finally:
+        await client.aclose()
+
+
+async def _until(predicate, timeout=5.0):
+    deadline = asyncio.get_running_loop().time() + timeout
+    while not await predicate():
+        assert asyncio.get_running_loop().time() < deadline, "condition not met in time"
+        await asyncio.sleep(0.02)
+
+
+async def test_listen_hands_each_group_message_to_the_callback_in_order_with_one_subscribe():
+    layer = get_channel_layer()
+    before = (await _redis_subscriptions("listen-a"))[1]
+    got, arrived = [], asyncio.Event()
+
+    def on_event(event):
+        got.append(event)
+        if len(got) == 30:
+            arrived.set()
+
+    listener = await listen(layer, "listen-a", on_event)
+    counts, channels = await _redis_subscriptions("listen-a")
+    # The group's channel and nothing else: no per-listener channel to SUBSCRIBE.
+    assert counts == [1] and len(channels - before) == 1
+    await publish_many(layer, [("listen-a", {"type": "chat.message", "id": n, "text": f"t{n}"}) for n in range(30)])
+    await asyncio.wait_for(arrived.wait(), 5)
+    assert [e["id"] for e in got] == list(range(30)) and got[3]["text"] == "t3"
+
+    await listener.stop()
+    await _until(lambda: _unsubscribed("listen-a"))
+    await layer.group_send("listen-a", {"type": "chat.message", "id": 99, "text": "late"})
+    assert [e["id"] for e in got] == list(range(30))
+
+
+async def _unsubscribed(group):
+    return (await _redis_subscriptions(group))[0] == [0]
+
+
+async def test_a_callback_that_raises_loses_that_message_only(caplog):
+    layer = get_channel_layer()
+    got, arrived = [], asyncio.Event()
+
+    def on_event(event):
+        if event["id"] == 1:
+            raise ValueError("bad message")
+        got.append(event["id"])
+        if event["id"] == 2:
+            arrived.set()
+
+    listener = await listen(layer, "listen-b", on_event)
+    await publish_many(layer, [("listen-b", {"type": "chat.message", "id": n, "text": ""}) for n in range(3)])
+    # channels_redis's reader sleeps a second after an exception reaches it; within
+    # that second the message after the bad one must still arrive.
+    await asyncio.wait_for(arrived.wait(), 0.8)
+    assert got == [0, 2]
+    assert "group listen-b: handling a message failed" in caplog.text
+    await listener.stop()
+
+
+async def test_two_listeners_share_the_group_until_the_last_one_stops():
+    layer = get_channel_layer()
+    first = await listen(layer, "listen-c", lambda e: None)
+    second = await listen(layer, "listen-c", lambda e: None)
+    assert (await _redis_subscriptions("listen-c"))[0] == [1]
+    await first.stop()
+    assert (await _redis_subscriptions("listen-c"))[0] == [1]
+    await second.stop()
+    await _until(lambda: _unsubscribed("listen-c"))

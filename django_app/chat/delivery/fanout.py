@@ -39,6 +39,7 @@ from wsworker import layerwatch, registry as worker
 
 from .. import metrics, protocol
 from . import quiet, store
+from .redislayer import listen
 from .writer import writer
 
 logger = logging.getLogger(__name__)
@@ -111,8 +112,7 @@ class Room:
         self.gap_since = None
         self.catch_up = False  # read Postgres for anything after position (resubscribe, quiet check)
         self.wake = asyncio.Event()
-        self.channel = None
-        self.receiver = None
+        self.listener = None  # the Redis subscription (chat.delivery.redislayer.listen)
         self.deliverer = None
         self.started = asyncio.ensure_future(self._start())
 
@@ -125,17 +125,18 @@ class Room:
         self.deliverer = asyncio.ensure_future(self._deliver_loop())
 
     async def _subscribe(self):
+        """One subscription per room on this worker; its messages reach _on_event() directly."""
         layer = get_channel_layer()
         for _ in range(CATCH_UP_ROUNDS):
             generation = layerwatch.generation
-            channel = await layer.new_channel(prefix="room.")
-            await layer.group_add(self.group, channel)
+            listener = await listen(layer, self.group, self._on_event)
             if generation == layerwatch.generation:
                 break  # no flush ran meanwhile: this subscription is on the live connection
-        if self.receiver is not None:
-            self.receiver.cancel()
-        self.channel = channel
-        self.receiver = asyncio.ensure_future(self._receive_loop(layer, channel))
+        old, self.listener = self.listener, listener
+        if old is not None:
+            await old.stop()  # after the new one: the group stays subscribed throughout
+        if self.closed:
+            await self._unsubscribe()  # the Room closed while it subscribed
 
     def resubscribe(self):
         if self.closed or not self.started.done() or self.started.cancelled() or self.started.exception():
@@ -168,7 +169,7 @@ class Room:
         except Exception:
             if not self.closed:
                 # The start failed (e.g. Postgres down after the SUBSCRIBE): give the
-                # subscription back, or its receiver would outlive the Room.
+                # subscription back, or it would outlive the Room.
                 self._discard()
                 asyncio.ensure_future(self._close())
             raise
@@ -194,26 +195,26 @@ class Room:
             del registry[self.name]
 
     async def _close(self):
-        self._cancel_tasks()
+        self._cancel_deliverer()
         # A start still waiting on a frozen Redis finishes when it thaws (the connects
         # that waited for it were already refused: WS_CONNECT_TIMEOUT); one that failed
-        # may have subscribed first. Either way: cancel what it created, unsubscribe.
+        # may have subscribed first. Either way: stop what it created, unsubscribe.
         await asyncio.wait([self.started])
-        self._cancel_tasks()
-        if self.channel is not None:
-            try:
-                await get_channel_layer().group_discard(self.group, self.channel)
-            except Exception:
-                logger.warning("room %s: group_discard failed", self.name, exc_info=True)
+        self._cancel_deliverer()
+        await self._unsubscribe()
 
-    def _cancel_tasks(self):
-        # Once per task: a receiver already cancelled is inside channels_redis's
-        # cleanup (its UNSUBSCRIBE); a second cancel would interrupt that and be
-        # logged by channels_redis as an error.
-        for task in (self.deliverer, self.receiver):
-            if task is not None and task is not asyncio.current_task() and not task.done() \
-                    and not task.cancelling():
-                task.cancel()
+    async def _unsubscribe(self):
+        listener, self.listener = self.listener, None
+        if listener is not None:
+            try:
+                await listener.stop()
+            except Exception:
+                logger.warning("room %s: unsubscribing failed", self.name, exc_info=True)
+
+    def _cancel_deliverer(self):
+        task = self.deliverer
+        if task is not None and task is not asyncio.current_task() and not task.done():
+            task.cancel()
 
     async def fail(self):
         """Delivery cannot continue in order: close the sockets; they resume from their last id."""
@@ -305,11 +306,10 @@ class Room:
         self.pending.clear()
         asyncio.ensure_future(self.fail())
 
-    async def _receive_loop(self, layer, channel):
-        while True:
-            event = await layer.receive(channel)
-            if event.get("type") == MESSAGE_TYPE:
-                self._feed(event["id"], event["text"])
+    def _on_event(self, event):
+        """A message another worker (or this one) published to the room, as Redis read it."""
+        if event.get("type") == MESSAGE_TYPE and not self.closed:
+            self._feed(event["id"], event["text"])
 
     async def _deliver_loop(self):
         wait_s = settings.CHAT_REORDER_WAIT_MS / 1000

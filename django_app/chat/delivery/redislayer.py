@@ -1,4 +1,5 @@
-"""Many PUBLISHes in one round trip, on channels_redis's own connections.
+"""Many PUBLISHes in one round trip, and group messages without a queue and a task
+per subscriber, on channels_redis's own connections.
 
 channels_redis's group_send takes the shard's lock and awaits one PUBLISH, a
 round trip each: the Writer stores a batch of messages in one statement, then
@@ -8,11 +9,25 @@ serialisation, same shard choice and the same connection (so Sentinel and
 sharding settings apply unchanged), about 5x less CPU per message
 (docs/benchmarks.md).
 
+listen() subscribes a callback to a group. channels_redis hands each message to
+a per-channel asyncio.Queue that a task must await (layer.receive): per message
+and per room on each worker, a queue hop and a task wake, plus a task, a queue
+and a SUBSCRIBE of a channel nobody publishes to per room. With many small
+rooms those are paid per message. listen() puts an object with the queue's
+put_nowait() where channels_redis looks the channel up, so the shard's reader
+task hands each message straight to the callback.
+
 That needs channels_redis internals, all named in PRIVATE_INTERNALS and pinned
 by tests/unit/test_redislayer.py, which fails when an upgrade changes one.
 Any other layer gets one group_send per message.
 """
+import asyncio
+import logging
+import uuid
+
 from channels_redis.pubsub import RedisPubSubChannelLayer
+
+logger = logging.getLogger(__name__)
 
 PRIVATE_INTERNALS = (
     ("channels_redis.pubsub.RedisPubSubChannelLayer", "_get_layer"),
@@ -21,6 +36,9 @@ PRIVATE_INTERNALS = (
     ("channels_redis.pubsub.RedisSingleShardConnection", "_lock"),
     ("channels_redis.pubsub.RedisSingleShardConnection", "_ensure_redis"),
     ("channels_redis.pubsub.RedisSingleShardConnection", "_redis"),
+    # listen(): the reader calls channels[name].put_nowait(data) for each group member
+    ("channels_redis.pubsub.RedisPubSubLoopLayer", "channels"),
+    ("channels_redis.pubsub.RedisSingleShardConnection", "_receive_message"),
 )
 
 
@@ -42,3 +60,66 @@ async def publish_many(layer, items) -> None:
             for channel, data in messages:
                 pipe.publish(channel, data)
             await pipe.execute()
+
+
+class _Sink:
+    """What channels_redis's reader finds instead of a channel's asyncio.Queue."""
+
+    __slots__ = ("group", "deserialize", "on_event")
+
+    def __init__(self, group, deserialize, on_event):
+        self.group, self.deserialize, self.on_event = group, deserialize, on_event
+
+    def put_nowait(self, data) -> None:
+        # Runs inside channels_redis's reader task, which logs anything raised and
+        # then sleeps a second: one bad message must cost neither.
+        try:
+            self.on_event(self.deserialize(data))
+        except Exception:
+            logger.exception("group %s: handling a message failed; it is skipped", self.group)
+
+
+class Listener:
+    """One group subscription made by listen(); stop() gives it back."""
+
+    def __init__(self, layer, group, channel, task=None):
+        self.layer, self.group, self.channel, self.task = layer, group, channel, task
+
+    async def stop(self) -> None:
+        """No more callbacks from now on; UNSUBSCRIBE when this was the group's last member."""
+        if self.task is not None:
+            self.task.cancel()  # channels_redis's receive() then drops its channel itself
+        elif isinstance(self.layer, RedisPubSubChannelLayer):
+            self.layer._get_layer().channels.pop(self.channel, None)
+        await self.layer.group_discard(self.group, self.channel)
+
+
+async def listen(layer, group: str, on_event) -> Listener:
+    """Call on_event(event) for every event sent to `group`, in Redis's order.
+
+    on_event runs synchronously in the layer's reader and must not block. Any
+    other layer gets a task that awaits layer.receive(), as Channels does.
+    """
+    if not isinstance(layer, RedisPubSubChannelLayer):
+        channel = await layer.new_channel(prefix="listen.")
+        await layer.group_add(group, channel)
+
+        async def receive_loop():
+            while True:
+                on_event(await layer.receive(channel))
+
+        return Listener(layer, group, channel, asyncio.ensure_future(receive_loop()))
+    # A name only this process knows: nothing is published to it, so unlike
+    # new_channel() it needs no SUBSCRIBE of its own; group_add() needs it listed.
+    channel = f"listen.{group}!{uuid.uuid4().hex}"
+    layer._get_layer().channels[channel] = _Sink(group, layer.deserialize, on_event)
+    listener = Listener(layer, group, channel)
+    try:
+        await layer.group_add(group, channel)
+    except BaseException:
+        # Failed or cancelled (a frozen Redis): no callbacks from now on, and the
+        # membership is given back whenever Redis answers, without holding the caller.
+        layer._get_layer().channels.pop(channel, None)
+        asyncio.ensure_future(listener.stop())
+        raise
+    return listener
