@@ -11,7 +11,7 @@ import platform
 import sys
 import time
 
-from bench import capacity, report, scaling
+from bench import capacity, report, scaling, wakecost
 from bench.baseline_stack import BaselineStack
 from bench.fanout import Scenario, run_scenario
 from bench.procs import REPO
@@ -157,7 +157,7 @@ def main(argv=None):
     extra_env = dict(kv.split("=", 1) for kv in args.env)
     results = {
         "meta": {"started": dt.datetime.now(dt.timezone.utc).isoformat(timespec="seconds"),
-                 "machine": machine(), "versions": versions(), "mode": "smoke" if args.smoke else "full",
+                 "machine": machine(), "send_cost": wakecost.measure(), "versions": versions(), "mode": "smoke" if args.smoke else "full",
                  "loadavg_before": os.getloadavg(), "argv": sys.argv[1:], "product_env_overrides": {}},
         "scenarios": names, "stacks": {},
     }

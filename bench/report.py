@@ -92,6 +92,11 @@ def _cpu_cols(row):
 
 def markdown(results):
     lines = [f"Run {results['meta']['started']} on {results['meta']['machine']}; mode `{results['meta']['mode']}`.", ""]
+    cost = results["meta"].get("send_cost")
+    if cost:
+        lines += [f"One loopback `send()` costs its sender {cost['busy_us']} µs of CPU to a busy peer and "
+                  f"{cost['sleeping_us']} µs to one sleeping in epoll (bench/wakecost.py): at low rates every hop "
+                  "of a message wakes its peer, so CPU per delivery is far higher there, for every stack.", ""]
     lines += ["| metric | baseline | ours | ours ÷ baseline |", "| --- | ---: | ---: | ---: |"]
     for metric, b, o, r in summary(results):
         lines.append(f"| {metric} | {_fmt(b)} | {_fmt(o)} | {_fmt(r)}{'×' if r else ''} |")

@@ -38,6 +38,13 @@ def test_writes_the_three_outputs(smoke):
     assert "loss-free delivered/s" in md
 
 
+def test_reports_what_a_send_costs_on_this_machine(smoke):
+    out, results, _stdout = smoke
+    cost = results["meta"]["send_cost"]
+    assert 0 < cost["busy_us"] and 0 < cost["sleeping_us"]
+    assert f"costs its sender {cost['busy_us']} µs of CPU to a busy peer" in (out / "results.md").read_text()
+
+
 @pytest.mark.parametrize("label", STACKS)
 @pytest.mark.parametrize("name", SCENARIOS)
 def test_every_step_is_measured(smoke, label, name):
