@@ -86,34 +86,75 @@ class _Cmd:
 class Subscribers:
     """Holds subscriber sockets; bins every delivery by the step tag in its text."""
 
+    RESUME_CODES = (1012, 1013)  # restart or rebalance; try again later
+
     def __init__(self):
         self.dialect = Chat
         self.socks = defaultdict(list)  # room -> [(ws, worker, task)]
         self.count = Counter()  # step -> deliveries
         self.lat = defaultdict(lambda: array("q"))  # step -> latency in us
         self.closed = Counter()  # close code -> sockets lost
+        self.resumed = Counter()  # close code -> sockets that resumed after it
         self.other = 0  # frames that were not bench messages (errors, history)
+        self.stopping = False
 
-    async def _reader(self, room, ws):
-        count, lat, text_of, pong = self.count, self.lat, self.dialect.text_of, self.dialect.pong
-        try:
-            async for raw in ws:
-                now = time.time_ns()
-                text = text_of(raw)
-                if not text or text[0] != MARK:
-                    if pong and raw == self.dialect.ping:
-                        await ws.send(pong)
-                    self.other += 1
-                    continue
-                step, _room, _seq, sent = text[1:].split("|", 4)[:4]
-                count[step] += 1
-                lat[step].append((now - int(sent)) // 1000)
-        except websockets.ConnectionClosed:
-            pass
-        finally:
+    def _count(self, text, now):
+        step, _room, _seq, sent = text[1:].split("|", 4)[:4]
+        self.count[step] += 1
+        self.lat[step].append((now - int(sent)) // 1000)
+
+    async def _reader(self, room, ws, url):
+        pong, delivery = self.dialect.pong, self.dialect.delivery
+        last_id = getattr(ws, "bench_position", None)
+        while True:
+            try:
+                async for raw in ws:
+                    now = time.time_ns()
+                    text, msg_id = delivery(raw)
+                    if msg_id is not None:
+                        last_id = msg_id
+                    if not text or text[0] != MARK:
+                        if pong and raw == self.dialect.ping:
+                            await ws.send(pong)
+                        self.other += 1
+                        continue
+                    self._count(text, now)
+            except websockets.ConnectionClosed:
+                pass
             code = ws.close_code if ws.close_code is not None else 1006
-            self.closed[code] += 1
-            self.socks[room] = [s for s in self.socks[room] if s[0] is not ws]
+            new = None
+            if not self.stopping and self.dialect.resumes and code in self.RESUME_CODES and last_id is not None:
+                new = await self._resume(room, url, last_id, code)
+                if new is not None and self.stopping:  # close_all() ran meanwhile
+                    await new[0].close()
+                    new = None
+            if new is None:
+                self.closed[code] += 1
+                self.socks[room] = [s for s in self.socks[room] if s[0] is not ws]
+                return
+            self.resumed[code] += 1
+            task = asyncio.current_task()
+            self.socks[room] = [(new[0], new[1], task) if s[0] is ws else s for s in self.socks[room]]
+            ws, last_id = new[0], new[0].bench_position
+
+    async def _resume(self, room, url, after, code):
+        """Reconnect with ?after=, count what was missed (the welcome's history); (ws, worker) or None."""
+        for attempt in range(8):
+            # 1013 asks for a backoff (the product's retry hint is 2 s); 1012 for none.
+            await asyncio.sleep(2.0 if code == 1013 else min(2.0, 0.05 * attempt))
+            if self.stopping:
+                return None
+            try:
+                ws, worker = await _open(url + self.dialect.path(room, after), dialect=self.dialect)
+            except (OSError, asyncio.TimeoutError, websockets.InvalidHandshake, websockets.ConnectionClosed):
+                continue
+            now = time.time_ns()
+            for text in getattr(ws, "bench_history", None) or ():
+                if text and text[0] == MARK:
+                    self._count(text, now)
+            ws.bench_history = None
+            return ws, worker
+        return None
 
     async def ensure(self, urls, rooms, workers, concurrency=64, deadline_s=60.0, balance="room"):
         """Top each room up to its target.
@@ -153,7 +194,7 @@ class Subscribers:
                         await ws.close()
                         continue
                     per_worker[worker] += 1
-                    task = asyncio.create_task(self._reader(room, ws))
+                    task = asyncio.create_task(self._reader(room, ws, url))
                     self.socks[room].append((ws, worker, task))
                     return
                 failures["unbalanced"] += 1
@@ -178,16 +219,18 @@ class Subscribers:
         return {"workers": dict(dist), "alive": sum(dist.values()), "failures": dict(failures), "spans": spans}
 
     async def close_all(self):
+        self.stopping = True
         socks = [s for lst in self.socks.values() for s in lst]
         await asyncio.gather(*(ws.close() for ws, _w, _t in socks), return_exceptions=True)
         await asyncio.gather(*(t for _ws, _w, t in socks), return_exceptions=True)
         self.socks.clear()
+        self.stopping = False
 
     def collect(self, step):
         step = str(step)
         lat = self.lat.pop(step, array("q"))
         return {"received": self.count.pop(step, 0), "lat_us": lat.tobytes(),
-                "closed": dict(self.closed), "other": self.other,
+                "closed": dict(self.closed), "resumed": dict(self.resumed), "other": self.other,
                 "alive": sum(len(v) for v in self.socks.values())}
 
 

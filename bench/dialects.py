@@ -29,39 +29,51 @@ except ImportError:  # pragma: no cover - orjson is in requirements-dev
 class Chat:
     name = "chat"
     pong = None  # the server's pings are WebSocket control frames, answered by websockets
+    # A socket the server closes with 1012 (restart, rebalance) or 1013 (try later)
+    # reconnects with ?after=<last id>, as the product's clients do (README).
+    resumes = True
 
     @staticmethod
-    def path(room):
-        return f"/ws/chat/{room}/"
+    def path(room, after=None):
+        return f"/ws/chat/{room}/" + (f"?after={after}" if after is not None else "")
 
     @staticmethod
     async def hello(ws, recv):
-        """Read the welcome frame; returns the worker id it names (or None)."""
+        """Read the welcome frame; returns the worker id it names (or None).
+
+        Its position is left on the connection (`bench_position`), and on a
+        resume the history texts it carries (`bench_history`)."""
         try:
             doc = loads(await recv())
         except ValueError:
             return None
-        return doc.get("worker") if isinstance(doc, dict) else None
+        if not isinstance(doc, dict):
+            return None
+        ws.bench_position = doc.get("last_id")
+        if "after=" in getattr(getattr(ws, "request", None), "path", ""):  # a resume: what it missed
+            ws.bench_history = [m.get("message") for m in doc.get("history") or () if isinstance(m, dict)]
+        return doc.get("worker")
+
+    @staticmethod
+    def delivery(raw):
+        """(message text, id) of a delivery frame; (None, None) for anything else."""
+        try:
+            doc = loads(raw)
+            return doc.get("message"), doc.get("id")
+        except (ValueError, AttributeError):
+            return None, None
 
     @staticmethod
     def encode(text):
         return '{"message":"' + text + '"}'
 
-    @staticmethod
-    def text_of(raw):
-        """The message text of a delivery frame, or None."""
-        try:
-            return loads(raw).get("message")
-        except (ValueError, AttributeError):
-            return None
-
-
 class SocketIO:
     name = "socketio"
     ping, pong = "2", "3"
+    resumes = False  # no ids to resume from; the peer never closes a socket to move it
 
     @staticmethod
-    def path(room):
+    def path(room, after=None):
         return f"/socket.io/?EIO=4&transport=websocket&room={room}"
 
     @staticmethod
@@ -86,6 +98,10 @@ class SocketIO:
     @staticmethod
     def encode(text):
         return '42["message",{"message":"' + text + '"}]'
+
+    @staticmethod
+    def delivery(raw):
+        return SocketIO.text_of(raw), None
 
     @staticmethod
     def text_of(raw):

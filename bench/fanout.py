@@ -167,7 +167,7 @@ class FanoutRun:
         self._drain(step, expected)
         cpu_s = cpu.seconds()  # send start .. drain end: every delivery's server work
         ws_cpu_s = sum(v for k, v in cpu_s.items() if k.startswith("ws"))
-        lat, received, closed, alive = [], 0, {}, 0
+        lat, received, closed, resumed, alive = [], 0, {}, {}, 0
         for p in self.subs:
             r = p.call(op="collect", step=step, timeout=60)
             received += r["received"]
@@ -175,6 +175,8 @@ class FanoutRun:
             lat.append(np.frombuffer(r["lat_us"], dtype=np.int64))
             for code, n in r["closed"].items():
                 closed[str(code)] = closed.get(str(code), 0) + n
+            for code, n in r.get("resumed", {}).items():
+                resumed[str(code)] = resumed.get(str(code), 0) + n
         lat_us = np.concatenate(lat) if lat else np.array([], dtype=np.int64)
         errors = {k: v - errors_before.get(k, 0) for k, v in res["errors"].items()
                   if v - errors_before.get(k, 0)}
@@ -190,7 +192,8 @@ class FanoutRun:
             "delivered_per_s": round(min(received, expected) / send_s),
             "lost": max(0, expected - received),
             "refused": errors,
-            "shed_sockets": closed,
+            "shed_sockets": closed,  # closed and not resumed: their messages count as lost
+            "resumed_sockets": resumed,  # closed with 1012/1013, resumed with ?after= (cumulative)
             "alive_after": alive,
             **_percentiles(lat_us),
             "cpu_pct": cpu_pct,

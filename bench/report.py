@@ -90,6 +90,12 @@ def _cpu_cols(row):
         f"{client:.0f} (max {client_max:.0f})"
 
 
+def _shed(row):
+    """Sockets the server closed: lost ones as {code: n}, resumed ones (?after=) after them."""
+    resumed = ", ".join(f"{n} resumed after {code}" for code, n in (row.get("resumed_sockets") or {}).items())
+    return " ".join(filter(None, [str(row["shed_sockets"]) if row["shed_sockets"] else "", resumed]))
+
+
 def markdown(results):
     lines = [f"Run {results['meta']['started']} on {results['meta']['machine']}; mode `{results['meta']['mode']}`.", ""]
     cost = results["meta"].get("send_cost")
@@ -144,7 +150,7 @@ def markdown(results):
             for r in res["steps"]:
                 ws, redis, nginx, pg, client = _cpu_cols(r)
                 lines.append(f"| {_fmt(r['offered_per_s'])} | {_fmt(r['delivered_per_s'])} | {_fmt(r['lost'])} "
-                             f"| {r['refused'] or ''} | {r['shed_sockets'] or ''} | {_fmt(r['p50_ms'])} "
+                             f"| {r['refused'] or ''} | {_shed(r)} | {_fmt(r['p50_ms'])} "
                              f"| {_fmt(r['p95_ms'])} | {_fmt(r['p99_ms'])} | {ws} "
                              f"| {_fmt(r.get('deliveries_per_ws_cpu_s'))} | {redis} | {nginx} | {pg} "
                              f"| {client} | {'yes' if r['ok'] else 'no'} |")
