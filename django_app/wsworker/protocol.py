@@ -5,7 +5,8 @@
 - no HTTPChannel kept alive per socket (memory);
 - autobahn's per-connection options held once on the class (memory, connect CPU);
 - handshakes, closes and bytes written counted for wsworker.metrics (plain ints);
-- no debug line formatted for every read (dataReceived).
+- no debug line formatted for every read (dataReceived);
+- the handshake's headers and bytes let go of once the socket is open (memory).
 - admission control: a handshake wsworker.admission refuses gets HTTP 503 with
   Retry-After before the upgrade (nginx retries the next worker).
 
@@ -33,6 +34,11 @@ PRIVATE_INTERNALS = (
     ("autobahn.websocket.protocol.WebSocketServerProtocol", "closedByMe"),  # onClose (metrics)
     ("autobahn.websocket.protocol.WebSocketServerProtocol", "localCloseCode"),  # onClose (metrics)
     ("autobahn.websocket.protocol.WebSocketServerProtocol", "_dataReceived"),  # dataReceived
+    ("autobahn.websocket.protocol.WebSocketServerProtocol", "http_request_data"),  # _release_handshake
+    ("autobahn.websocket.protocol.WebSocketServerProtocol", "http_response_data"),  # _release_handshake
+    ("autobahn.websocket.protocol.WebSocketServerProtocol", "http_headers"),  # _release_handshake
+    ("autobahn.websocket.protocol.WebSocketServerProtocol", "http_request_params"),  # _release_handshake
+    ("daphne.ws_protocol.WebSocketProtocol", "request"),  # _release_handshake (only .path is read later)
     ("twisted.internet.abstract.FileDescriptor", "dataBuffer"),  # unsent_bytes
     ("twisted.internet.abstract.FileDescriptor", "offset"),  # unsent_bytes
     ("twisted.internet.abstract.FileDescriptor", "_tempDataLen"),  # unsent_bytes
@@ -149,9 +155,30 @@ class WorkerWebSocketProtocol(WebSocketProtocol):
         for every read, logged or not, about a fifth of reading a small frame."""
         self._dataReceived(data)
 
+    # Set by autobahn's server handshake (processHandshake, succeedHandshake) and read
+    # by nothing once the socket is open.
+    HANDSHAKE_LEFTOVERS = ("http_request_data", "http_response_data", "http_headers", "http_request_params")
+
     def onOpen(self):
         admission.opened(self)
         super().onOpen()
+        self._release_handshake()
+
+    def _release_handshake(self):
+        """Let go of what the handshake left on the connection (~2.5 KiB per socket).
+
+        autobahn keeps the raw request and response bytes and the parsed headers and
+        query, and daphne keeps autobahn's ConnectionRequest holding the same dicts,
+        all for the life of the socket, though only the handshake reads them (daphne
+        still logs `request.path` on close, so the request itself stays). The app's
+        scope keeps its own copy of the headers: nothing it sees changes.
+        """
+        for name in self.HANDSHAKE_LEFTOVERS:
+            if name in self.__dict__:
+                self.__dict__[name] = None
+        request = self.__dict__.get("request")
+        if request is not None:
+            request.headers, request.params = {}, {}
 
     def connectionMade(self):
         super().connectionMade()
