@@ -8,13 +8,14 @@
 from __future__ import annotations
 
 import asyncio
+import re
 import time
 import uuid
 
 import pytest
 import pytest_asyncio
 
-from clients.chatclient import ChatClient, room_url
+from clients.chatclient import ChatClient, State, room_url
 from tests.faults import persisted
 from tests.faults.crowd import close_crowd, dropped, open_crowd, redis_for, worker_sockets
 from tests.faults.probes import LogMark, await_until, env_int, redis_layer_footprint
@@ -40,28 +41,52 @@ async def idle_crowd(stack):
     baseline = redis_layer_footprint(r, prefix)
     tag = uuid.uuid4().hex[:6]
     rooms = [f"idle-{tag}-{i}" for i in range(IDLE_ROOMS)]
+    mark = LogMark([stack.log_path("ws", i) for i in range(1, len(stack.ws_worker_urls) + 1)])
     clients = await open_crowd(stack.ws_worker_urls, rooms, IDLE_SOCKETS)
-    state = {"clients": clients, "rooms": rooms, "baseline": baseline, "redis": r, "prefix": prefix}
+    state = {"clients": clients, "rooms": rooms, "baseline": baseline, "redis": r, "prefix": prefix,
+             "mark": mark}
     yield state
     await close_crowd(clients)
 
 
+def rebalance_closes(mark: LogMark) -> int:
+    """1012 closes the workers logged as rebalancing since the mark (wsworker.rebalance)."""
+    return sum(int(m.group(1)) for text in mark.new_text().values()
+               for m in re.finditer(r"rebalance: done, closed (\d+) socket", text))
+
+
+def unexplained_drops(clients, mark: LogMark) -> list[ChatClient]:
+    """Dropped clients, except those the census moved (1012; they resume, and must be open by the end).
+
+    The crowd opens straight to the worker ports, 50 at a time: a census taken
+    mid-storm can see one worker ahead of the other and move the excess with
+    1012, the balancer working as designed (issue 16); the moved clients resume.
+    Those closes are told apart by the workers' own "rebalance: done" lines and
+    may not outnumber them."""
+    moved = [c for c in dropped(clients) if 1012 in c.close_codes]
+    assert len(moved) <= rebalance_closes(mark), (
+        f"{len(moved)} sockets closed with 1012, more than the workers logged as rebalanced")
+    return [c for c in dropped(clients) if c not in moved]
+
+
 async def test_idle_sockets_held_without_drop(stack, idle_crowd):
-    clients = idle_crowd["clients"]
+    clients, mark = idle_crowd["clients"], idle_crowd["mark"]
     assert sum(worker_sockets(stack)) >= IDLE_SOCKETS
     held_until = time.monotonic() + IDLE_SECONDS
     # The hold IS the test (#422 drops idle sockets within seconds); fail at the first drop.
     while time.monotonic() < held_until:
-        lost = dropped(clients)
+        lost = unexplained_drops(clients, mark)
         assert not lost, f"{len(lost)} of {len(clients)} idle sockets dropped, e.g. codes {lost[0].close_codes}"
         await asyncio.sleep(1)
+    await await_until(lambda: all(c.state is State.OPEN for c in clients), 30,
+                      what="every idle socket open (the moved ones resumed)")
     # Open is not enough: each socket must still be subscribed to its room.
     for room in idle_crowd["rooms"]:
         sender = next(c for c in clients if c.url.endswith(f"/{room}/"))
         await sender.send(f"after-idle-{room}", timeout=15)
     await await_until(lambda: all((c.last_id or 0) >= 1 for c in clients), 30,
                       what="every idle socket received its room's message")
-    assert not dropped(clients)
+    assert not unexplained_drops(clients, mark)
 
 
 async def test_mass_disconnect_leaves_no_errors_or_members(stack, idle_crowd):
