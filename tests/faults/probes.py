@@ -10,6 +10,7 @@ from __future__ import annotations
 import asyncio
 import json
 import os
+import re
 import time
 import urllib.error
 import urllib.request
@@ -120,6 +121,12 @@ class LogMark:
                 if any(n in line.lower() for n in lowered):
                     hits.append(f"{path.name}: {line}")
         return hits
+
+
+def rebalance_closes_logged(texts: Iterable[str]) -> int:
+    """1012 closes these ws worker log texts report as the census's (wsworker.rebalance's
+    "rebalance: done, closed N socket(s)" lines): the balancer's, not a fault's."""
+    return sum(int(m.group(1)) for text in texts for m in re.finditer(r"rebalance: done, closed (\d+) socket", text))
 
 
 def redis_layer_footprint(redis_client, prefix: str) -> tuple[int, int]:

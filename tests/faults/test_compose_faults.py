@@ -15,7 +15,6 @@ each leaves the stack with three healthy replicas.
 from __future__ import annotations
 
 import asyncio
-import re
 import time
 from collections import Counter
 
@@ -23,7 +22,7 @@ import pytest
 
 from tests.compose.conftest import engine, project  # noqa: F401  (fixtures: engine check, throwaway project)
 from tests.faults.compose_stack import ComposeStack, await_in_thread, run_compose_fault, worker_host
-from tests.faults.probes import await_until, http_status
+from tests.faults.probes import await_until, http_status, rebalance_closes_logged
 from tests.faults.scenario import assert_no_loss
 
 pytestmark = pytest.mark.slow
@@ -88,11 +87,7 @@ def rebalance_closes(stack: ComposeStack, since: float) -> int:
     happens. Those closes are the balancer's, not the fault's: they are told
     apart by the replicas' own "rebalance: done, closed N socket(s)" lines.
     """
-    total = 0
-    for cid in stack.ws_replicas().values():
-        for match in re.finditer(r"rebalance: done, closed (\d+) socket", stack.logs_since(cid, since)):
-            total += int(match.group(1))
-    return total
+    return rebalance_closes_logged(stack.logs_since(cid, since) for cid in stack.ws_replicas().values())
 
 
 async def test_redis_restart(compose_stack, fault_table):

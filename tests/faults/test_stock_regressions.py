@@ -8,7 +8,6 @@
 from __future__ import annotations
 
 import asyncio
-import re
 import time
 import uuid
 
@@ -18,7 +17,7 @@ import pytest_asyncio
 from clients.chatclient import ChatClient, State, room_url
 from tests.faults import persisted
 from tests.faults.crowd import close_crowd, dropped, open_crowd, redis_for, worker_sockets
-from tests.faults.probes import LogMark, await_until, env_int, redis_layer_footprint
+from tests.faults.probes import LogMark, await_until, env_int, rebalance_closes_logged, redis_layer_footprint
 
 # One event loop for the module: the idle crowd is shared by two tests.
 pytestmark = [pytest.mark.slow, pytest.mark.asyncio(loop_scope="module")]
@@ -49,12 +48,6 @@ async def idle_crowd(stack):
     await close_crowd(clients)
 
 
-def rebalance_closes(mark: LogMark) -> int:
-    """1012 closes the workers logged as rebalancing since the mark (wsworker.rebalance)."""
-    return sum(int(m.group(1)) for text in mark.new_text().values()
-               for m in re.finditer(r"rebalance: done, closed (\d+) socket", text))
-
-
 def unexplained_drops(clients, mark: LogMark) -> list[ChatClient]:
     """Dropped clients, except those the census moved (1012; they resume, and must be open by the end).
 
@@ -64,7 +57,7 @@ def unexplained_drops(clients, mark: LogMark) -> list[ChatClient]:
     Those closes are told apart by the workers' own "rebalance: done" lines and
     may not outnumber them."""
     moved = [c for c in dropped(clients) if 1012 in c.close_codes]
-    assert len(moved) <= rebalance_closes(mark), (
+    assert len(moved) <= rebalance_closes_logged(mark.new_text().values()), (
         f"{len(moved)} sockets closed with 1012, more than the workers logged as rebalanced")
     return [c for c in dropped(clients) if c not in moved]
 
