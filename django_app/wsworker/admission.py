@@ -7,7 +7,8 @@ http_503`) then tries the next worker, so a client sees the 503 only when every
 worker refused.
 
 A worker refuses when:
-- it holds WS_MAX_SOCKETS sockets (its memory budget: docs/operations.md);
+- it holds WS_MAX_SOCKETS sockets (its memory budget: docs/operations.md), or
+  fewer when the open-file limit leaves room for fewer (wsworker.fdlimit);
   /readyz is 503 meanwhile, so k8s takes it out of the Service;
 - it is draining (SIGTERM): better a 503 nginx retries elsewhere than a
   socket that gets 1012 at once;
@@ -28,7 +29,7 @@ the flags stay False and the cap alone applies.
 import logging
 import weakref
 
-from . import conf, registry
+from . import conf, fdlimit, registry
 
 logger = logging.getLogger(__name__)
 
@@ -56,7 +57,17 @@ REASON_BUSY = "busy"
 
 
 def limit() -> int:
-    return int(conf.get("WS_MAX_SOCKETS"))
+    cap = int(conf.get("WS_MAX_SOCKETS"))
+    fits = fdlimit.socket_cap
+    return cap if fits is None else min(cap, fits)
+
+
+def describe_limit() -> str:
+    """The cap and the setting or limit that sets it, for log lines and /readyz."""
+    cap = int(conf.get("WS_MAX_SOCKETS"))
+    if limit() < cap:
+        return f"open-file limit allows {limit()} (WS_MAX_SOCKETS={cap})"
+    return f"WS_MAX_SOCKETS={cap}"
 
 
 def full() -> bool:
@@ -89,8 +100,8 @@ def admit(proto) -> str | None:
     # the log readable; /healthz has the exact count.
     total = registry.refusals[f"http 503 {reason}"]
     if total == 1 or total % 100 == 0:
-        logger.warning("handshake refused with 503 (%s): %d open, WS_MAX_SOCKETS=%d; %d refused so far",
-                       reason, open_sockets, limit(), total)
+        logger.warning("handshake refused with 503 (%s): %d open, %s; %d refused so far",
+                       reason, open_sockets, describe_limit(), total)
     return reason
 
 
@@ -108,5 +119,5 @@ def released(proto) -> None:
 
 def status() -> dict:
     """For /healthz: what admission sees now."""
-    return {"open": open_sockets, "max": limit(), "handshaking": len(handshaking), "above_mean": above_mean,
+    return {"open": open_sockets, "max": limit(), "max_by_open_files": fdlimit.socket_cap, "handshaking": len(handshaking), "above_mean": above_mean,
             "rebalancing": rebalancing, "census": fleet}

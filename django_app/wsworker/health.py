@@ -95,7 +95,7 @@ class WorkerHealthApp:
                 return await _respond(send, 503, {"status": "draining", "reason": "worker is draining"})
             if admission.full():
                 return await _respond(send, 503, {"status": "full", "reason": (
-                    f"{admission.open_sockets} sockets open, WS_MAX_SOCKETS={admission.limit()}")})
+                    f"{admission.open_sockets} sockets open, {admission.describe_limit()}")})
             problems = await redis_problems()
             ready, status = readiness(problems, len(redisconf.hosts()))
             body = {"status": status, "worker": registry.worker_id()}

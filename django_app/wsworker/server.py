@@ -1,7 +1,8 @@
 """The worker's server: daphne's, read as startup → main loop → shutdown.
 
 - startup (`_startup`, once the reactor runs): our WebSocket protocol and its
-  shared options, SIGTERM/SIGINT handlers, slow-client shedding, the Redis
+  shared options, SIGTERM/SIGINT handlers, slow-client shedding, the open-file
+  limit (wsworker.fdlimit), the Redis
   channel-layer watcher, the fleet census (admission, rebalancing), GC tuning,
   the metrics port and event-loop lag watch, the event-loop stall watchdog;
 - main loop: daphne's reactor; each connection gets an Inbox and, for a
@@ -22,7 +23,7 @@ from daphne.cli import CommandLineInterface
 from daphne.server import Server
 from twisted.internet import reactor
 
-from . import census, conf, drain, gctune, layerwatch, metrics, shedding, watchdog
+from . import census, conf, drain, fdlimit, gctune, layerwatch, metrics, shedding, watchdog
 from .frames import SCOPE_FRAMES, frame_text
 from .inbox import Inbox
 from .protocol import WorkerWebSocketProtocol, share_protocol_options
@@ -59,6 +60,9 @@ class WorkerServer(Server):
         for sig in (signal.SIGTERM, signal.SIGINT):
             loop.add_signal_handler(sig, self._on_signal, sig)
         shedding.start(self)
+        # A socket is a file descriptor: the soft limit goes up to the hard one, and
+        # admission caps the worker at what fits (logged with the setting's name).
+        fdlimit.apply(int(conf.get("WS_MAX_SOCKETS")))
         # The Redis watcher belongs to the worker process (not to every ASGI host,
         # e.g. tests), and must start once the loop runs.
         loop.call_soon(layerwatch.ensure_started)

@@ -7,6 +7,7 @@ nothing with config/ or chat/ but the worker runtime, as docs/architecture.md
 import asyncio
 import json
 import os
+import resource
 import signal
 import subprocess
 import sys
@@ -47,10 +48,13 @@ def own_worker(request):
     env = {k: v for k, v in os.environ.items() if k != "DJANGO_SETTINGS_MODULE"}
     env.update(DJANGO_SETTINGS_MODULE="ownproject.settings", WS_DRAIN_SECONDS="3",
                PYTHONPATH=os.pathsep.join([str(HERE), str(DJANGO_APP)]))
-    env.update(getattr(request, "param", {}))
+    params = dict(getattr(request, "param", {}))
+    nofile = params.pop("nofile", None)  # (soft, hard) open-file limit the worker starts with
+    env.update(params)
     proc = subprocess.Popen(
         [sys.executable, "-m", "wsworker", "-b", "127.0.0.1", "-p", str(port), "ownproject.asgi:application"],
         cwd=HERE, env=env, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True,
+        preexec_fn=(lambda: resource.setrlimit(resource.RLIMIT_NOFILE, nofile)) if nofile else None,
     )
     try:
         _wait_http(f"http://127.0.0.1:{port}/healthz", time.monotonic() + 20)
@@ -119,3 +123,75 @@ def test_without_redis_the_cap_alone_admits(own_worker):
             assert _get(base + "/readyz")[0] == 200
 
     asyncio.run(scenario())
+
+
+def _open_file_limits(pid):
+    line = next(x for x in Path(f"/proc/{pid}/limits").read_text().splitlines() if x.startswith("Max open files"))
+    soft, hard = line.split()[3:5]
+    return int(soft), int(hard)
+
+
+async def _open_echo_sockets(url, count):
+    sockets = []
+    for _ in range(count):
+        sockets.append(await websockets.connect(url, open_timeout=5))
+    return sockets
+
+
+@pytest.mark.slow
+@pytest.mark.parametrize("own_worker", [{"nofile": (64, 4096), "WS_MAX_SOCKETS": "300"}], indirect=True)
+def test_worker_raises_its_open_file_limit_and_holds_sockets_past_the_old_one(own_worker):
+    """Started with the soft limit many runtimes give (low) and a higher hard one,
+    the worker raises its soft limit and holds more sockets than it started with."""
+    proc, port = own_worker
+    assert _open_file_limits(proc.pid) == (4096, 4096)
+    url = f"ws://127.0.0.1:{port}/ws/echo/"
+
+    async def scenario():
+        sockets = await _open_echo_sockets(url, 150)  # > 64 descriptors
+        try:
+            for i, ws in enumerate(sockets):
+                await ws.send(f"m{i}")
+            replies = [await asyncio.wait_for(ws.recv(), 5) for ws in sockets]
+            assert replies == [f"echo: m{i}" for i in range(150)]
+            assert _get(f"http://127.0.0.1:{port}/healthz")[1]["admission"]["max"] == 300
+        finally:
+            for ws in sockets:
+                await ws.close()
+
+    asyncio.run(scenario())
+
+
+@pytest.mark.slow
+@pytest.mark.parametrize("own_worker", [{"nofile": (300, 300)}], indirect=True)
+def test_a_hard_open_file_limit_below_ws_max_sockets_caps_admission_and_says_why(own_worker):
+    """A hard limit of 300 descriptors cannot hold WS_MAX_SOCKETS=10000: the worker
+    admits what fits (300 - fdlimit.RESERVE), answers 503 past it like a full worker,
+    and its log and /readyz name the limit and the setting."""
+    from wsworker import fdlimit
+
+    proc, port = own_worker
+    base, url = f"http://127.0.0.1:{port}", f"ws://127.0.0.1:{port}/ws/echo/"
+    fits = 300 - fdlimit.RESERVE
+    assert _get(base + "/healthz")[1]["admission"]["max"] == fits
+
+    async def scenario():
+        sockets = await _open_echo_sockets(url, fits)
+        try:
+            with pytest.raises(websockets.InvalidStatus) as refused:
+                await websockets.connect(url, open_timeout=5)
+            assert refused.value.response.status_code == 503
+            status, body = _get(base + "/readyz")
+            assert status == 503 and f"open-file limit allows {fits} (WS_MAX_SOCKETS=10000)" in body["reason"], body
+            await sockets[0].send("still here")
+            assert await asyncio.wait_for(sockets[0].recv(), 5) == "echo: still here"
+        finally:
+            for ws in sockets:
+                await ws.close()
+
+    asyncio.run(scenario())
+    proc.send_signal(signal.SIGTERM)
+    assert proc.wait(timeout=15) == 0
+    log = proc.stdout.read()
+    assert (f"open-file limit 300 (hard 300) leaves room for {fits} sockets, fewer than WS_MAX_SOCKETS=10000"
+            in log), log[-3000:]
