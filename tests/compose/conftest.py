@@ -70,6 +70,9 @@ def project(engine, tmp_path_factory) -> Project:
         "APP_IMAGE": f"{name}:test",
         "WS_REPLICAS": "3",  # what `scripts/compose up` (= make up) starts
         "CSRF_TRUSTED_ORIGINS": f"http://127.0.0.1:{port},http://localhost:{port}",
+        # Every test socket comes from one address (the engine's proxy): the crowd
+        # check (crowd_check.py) opens thousands.
+        "NGINX_MAX_CONN_PER_IP": "4000",
     })
     proj = Project(name=name, env_file=env_file, http_port=port, image=f"{name}:test")
     # `make up-monitoring`: Prometheus and the exporters run beside the stack all session

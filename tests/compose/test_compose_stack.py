@@ -18,7 +18,7 @@ import uuid
 import pytest
 import yaml
 
-from tests.compose import monitoring
+from tests.compose import crowd_check, monitoring
 from tests.compose.compose_chat import Client
 from tests.compose.scaling_check import check_make_scale_3_rebalances
 from tests.compose.composectl import FIGURES, REPO, run
@@ -267,6 +267,12 @@ async def test_three_clients_on_three_replicas_share_a_room(project):
     finally:
         for c in clients.values():
             await c.close()
+
+
+async def test_nginx_carries_more_sockets_than_the_image_config_could(project):
+    """More WebSockets than the nginx image's own worker_connections could proxy, all
+    welcomed and all receiving their room's message (tests/compose/crowd_check.py)."""
+    await crowd_check.check_nginx_carries_a_crowd(project)
 
 
 async def test_scale_up_to_four_reaches_the_new_replica_without_nginx_restart(project):
