@@ -10,6 +10,7 @@ from channels.testing import WebsocketCommunicator
 from django.core.management import call_command
 
 from config.asgi import application
+from wsworker.frames import SCOPE_FRAMES
 
 ORIGIN = (b"origin", b"http://localhost:8080")
 TIMEOUT = 5
@@ -49,11 +50,21 @@ def free_port() -> int:
 class Client:
     """A WebsocketCommunicator with JSON helpers and bounded waits."""
 
-    def __init__(self, path, headers=None, origin=True):
+    def __init__(self, path, headers=None, origin=True, framed=False):
         hdrs = list(headers or [])
         if origin:
             hdrs.append(ORIGIN)
         self.comm = WebsocketCommunicator(application, path, headers=hdrs)
+        if framed:
+            # What wsworker offers every socket (wsworker.frames): room messages then take
+            # the raw-frame path (and Room._fanout_now). Here a "frame" is the text and a
+            # newline (JSON text holds none raw), and a write hands each text to the test.
+            def send(data: bytes) -> bool:
+                for text in data.split(b"\n")[:-1]:
+                    self.comm.output_queue.put_nowait({"type": "websocket.send", "text": text.decode()})
+                return True
+
+            self.comm.scope[SCOPE_FRAMES] = (lambda text: text.encode() + b"\n", send)
 
     async def connect(self):
         connected, _ = await self.comm.connect(timeout=TIMEOUT)

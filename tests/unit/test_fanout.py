@@ -23,27 +23,59 @@ async def _publish(msg):
     )
 
 
-async def test_out_of_order_publishes_reach_sockets_in_order(settings):
+# framed: sockets with wsworker's raw-frame path, where the next id of an idle Room is
+# handed over on the spot (Room._fanout_now); otherwise the Room's deliver loop does it.
+@pytest.mark.parametrize("framed", [False, True])
+async def test_out_of_order_publishes_reach_sockets_in_order(settings, framed):
     # Longer than the whole test: any gap must be closed by Redis, not by Postgres.
     settings.CHAT_REORDER_WAIT_MS = 60_000
-    client, frame = await welcome("/ws/chat/reorder/")
-    first = await persist("reorder", None, "w1", "first")
-    second = await persist("reorder", None, "w2", "second")
+    room = f"reorder{int(framed)}"
+    client, frame = await welcome(f"/ws/chat/{room}/", framed=framed)
+    first = await persist(room, None, "w1", "first")
+    second = await persist(room, None, "w2", "second")
+    third = await persist(room, None, "w3", "third")
     await _publish(second)
     await _publish(first)
-    got = [await client.recv() for _ in range(2)]
-    assert [(m["id"], m["message"]) for m in got] == [(1, "first"), (2, "second")]
+    await _publish(third)
+    got = [await client.recv() for _ in range(3)]
+    assert [(m["id"], m["message"]) for m in got] == [(1, "first"), (2, "second"), (3, "third")]
+    await _publish(first)  # a repeat of a delivered id is dropped
+    fourth = await persist(room, None, "w4", "fourth")
+    await _publish(fourth)
+    assert (await client.recv())["id"] == 4
     await client.close()
 
 
-async def test_a_publish_redis_never_delivered_is_read_from_postgres_after_the_wait(settings):
+@pytest.mark.parametrize("framed", [False, True])
+async def test_a_publish_redis_never_delivered_is_read_from_postgres_after_the_wait(settings, framed):
     settings.CHAT_REORDER_WAIT_MS = 100
-    client, _ = await welcome("/ws/chat/lostpub/")
-    await persist("lostpub", None, "w1", "never published")
-    await _publish(await persist("lostpub", None, "w2", "published"))
+    room = f"lostpub{int(framed)}"
+    client, _ = await welcome(f"/ws/chat/{room}/", framed=framed)
+    await persist(room, None, "w1", "never published")
+    await _publish(await persist(room, None, "w2", "published"))
     got = [await client.recv() for _ in range(2)]
     assert [(m["id"], m["message"]) for m in got] == [(1, "never published"), (2, "published")]
+    await _publish(await persist(room, None, "w3", "after the gap"))
+    assert (await client.recv())["message"] == "after the gap"
     await client.close()
+
+
+async def test_the_next_message_of_an_idle_room_is_written_without_waking_its_loop():
+    """With frames, a Room whose deliver loop sleeps writes the next id where Redis hands
+    it over: the frame is out before the reader's callback returns (no task wake)."""
+    client, _ = await welcome("/ws/chat/nowait/", framed=True)
+    room = fanout.rooms()["nowait"]
+    await asyncio.wait_for(_until(lambda: room.idle), 5)
+    msg = await persist("nowait", None, "w1", "at once")
+    room._on_event({"type": fanout.MESSAGE_TYPE, "id": msg["id"], "text": protocol.dumps(msg)})
+    assert client.comm.output_queue.qsize() == 1 and room.position == msg["id"]
+    assert (await client.recv())["message"] == "at once"
+    await client.close()
+
+
+async def _until(predicate):
+    while not predicate():
+        await asyncio.sleep(0.01)
 
 
 async def test_second_connect_is_served_from_the_worker_cache():

@@ -112,6 +112,7 @@ class Room:
         self.gap_since = None
         self.catch_up = False  # read Postgres for anything after position (resubscribe, quiet check)
         self.wake = asyncio.Event()
+        self.idle = False  # the deliver loop waits for work: nothing of it is in flight (_feed)
         self.listener = None  # the Redis subscription (chat.delivery.redislayer.listen)
         self.deliverer = None
         self.started = asyncio.ensure_future(self._start())
@@ -286,11 +287,41 @@ class Room:
         self._feed(msg_id, text)
 
     def _feed(self, msg_id: int, text: str):
+        if msg_id == self.position + 1 and self.idle and not self.pending and self._fanout_now(msg_id, text):
+            return
         if msg_id > self.position and msg_id not in self.pending:
             self.pending[msg_id] = text
             self.wake.set()
             if len(self.pending) > settings.CHAT_ROOM_MAX_BACKLOG and not self.closed:
                 self._shed()
+
+    def _fanout_now(self, msg_id: int, text: str) -> bool:
+        """The next id, with the deliver loop idle: hand it to the sockets right here.
+
+        With many small rooms nearly every message is the next one of a room whose
+        loop sleeps; waking that task (an Event, a task step, a coroutine per socket)
+        costs more than the write itself. Only when every socket takes pre-built
+        frames (wsworker), so nothing below awaits and the order is the loop's own:
+        no earlier id waits (pending is empty), no later one can overtake. False:
+        the deliver loop does it, as before.
+        """
+        sockets = list(self.sockets)
+        if self.catch_up or self.closed or any(c.frames is None for c in sockets):
+            return False
+        self.position = msg_id
+        self.cache.append(text)
+        quiet.due(self)
+        run = Run([text])
+        for consumer in sockets:
+            if consumer.closed or msg_id <= consumer.last_id:
+                continue  # e.g. the sender, acknowledged directly
+            consumer.last_id = msg_id
+            try:
+                consumer.deliver_now(run)
+            except Exception:
+                logger.warning("room %s: send to one socket failed", self.name, exc_info=True)
+        metrics.delivered(run.texts)
+        return True
 
     def _shed(self):
         """This worker cannot keep up with the room: shed it visibly rather than grow.
@@ -317,7 +348,11 @@ class Room:
         while True:
             if not self.pending and not self.catch_up:
                 self.wake.clear()
-                await self.wake.wait()
+                self.idle = True
+                try:
+                    await self.wake.wait()
+                finally:
+                    self.idle = False
                 continue
             try:
                 if self.catch_up:
