@@ -217,15 +217,15 @@ class ChatConsumer(AsyncWebsocketConsumer):
         for text in run.texts[skip:]:
             await self.send(text_data=text)
 
-    def deliver_now(self, run):
-        """deliver() without awaiting, for a socket with frames (chat.delivery.fanout.Room._fanout_now).
+    def deliver_now(self, run, skip: int = 0):
+        """deliver() without awaiting, for a socket with frames (chat.delivery.fanout.Room._deliver_soon).
 
         A socket that refuses pre-built frames (one that negotiated compression, which
         wsworker never does) cannot get this run in order without awaiting: it is
         closed with 1012 and resumes from the last id it really received.
         """
         frame, send = self.frames
-        if send(run.frames(frame)):
+        if send(run.frames(frame, skip)):
             registry.deliveries["framed"] += 1
             return
         logger.error("ws socket refused pre-built frames room=%s; closing it to resume", self.room)

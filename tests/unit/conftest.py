@@ -55,12 +55,15 @@ class Client:
         if origin:
             hdrs.append(ORIGIN)
         self.comm = WebsocketCommunicator(application, path, headers=hdrs)
+        self.writes: list[int] = []  # framed: messages per write
         if framed:
             # What wsworker offers every socket (wsworker.frames): room messages then take
-            # the raw-frame path (and Room._fanout_now). Here a "frame" is the text and a
+            # the raw-frame path (and Room._deliver_soon). Here a "frame" is the text and a
             # newline (JSON text holds none raw), and a write hands each text to the test.
             def send(data: bytes) -> bool:
-                for text in data.split(b"\n")[:-1]:
+                texts = data.split(b"\n")[:-1]
+                self.writes.append(len(texts))
+                for text in texts:
                     self.comm.output_queue.put_nowait({"type": "websocket.send", "text": text.decode()})
                 return True
 

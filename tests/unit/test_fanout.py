@@ -24,7 +24,7 @@ async def _publish(msg):
 
 
 # framed: sockets with wsworker's raw-frame path, where the next id of an idle Room is
-# handed over on the spot (Room._fanout_now); otherwise the Room's deliver loop does it.
+# handed over on the spot (Room._deliver_soon); otherwise the Room's deliver loop does it.
 @pytest.mark.parametrize("framed", [False, True])
 async def test_out_of_order_publishes_reach_sockets_in_order(settings, framed):
     # Longer than the whole test: any gap must be closed by Redis, not by Postgres.
@@ -60,16 +60,21 @@ async def test_a_publish_redis_never_delivered_is_read_from_postgres_after_the_w
     await client.close()
 
 
-async def test_the_next_message_of_an_idle_room_is_written_without_waking_its_loop():
-    """With frames, a Room whose deliver loop sleeps writes the next id where Redis hands
-    it over: the frame is out before the reader's callback returns (no task wake)."""
+async def test_an_idle_room_writes_what_one_loop_pass_brought_at_once_without_waking_its_loop():
+    """With frames, a Room whose deliver loop sleeps hands the messages Redis brought in
+    one loop pass to its sockets in one write per socket, from one callback: its
+    deliver loop's task is never woken."""
     client, _ = await welcome("/ws/chat/nowait/", framed=True)
     room = fanout.rooms()["nowait"]
     await asyncio.wait_for(_until(lambda: room.idle), 5)
-    msg = await persist("nowait", None, "w1", "at once")
-    room._on_event({"type": fanout.MESSAGE_TYPE, "id": msg["id"], "text": protocol.dumps(msg)})
-    assert client.comm.output_queue.qsize() == 1 and room.position == msg["id"]
-    assert (await client.recv())["message"] == "at once"
+    first = await persist("nowait", None, "w1", "one")
+    second = await persist("nowait", None, "w2", "two")
+    for msg in (first, second):
+        room._on_event({"type": fanout.MESSAGE_TYPE, "id": msg["id"], "text": protocol.dumps(msg)})
+    assert not room.wake.is_set()
+    await asyncio.wait_for(_until(lambda: client.writes), 5)
+    assert client.writes == [2] and room.position == second["id"] and not room.wake.is_set()
+    assert [(await client.recv())["message"] for _ in range(2)] == ["one", "two"]
     await client.close()
 
 

@@ -113,6 +113,7 @@ class Room:
         self.catch_up = False  # read Postgres for anything after position (resubscribe, quiet check)
         self.wake = asyncio.Event()
         self.idle = False  # the deliver loop waits for work: nothing of it is in flight (_feed)
+        self.soon = False  # _deliver_soon is scheduled
         self.listener = None  # the Redis subscription (chat.delivery.redislayer.listen)
         self.deliverer = None
         self.started = asyncio.ensure_future(self._start())
@@ -287,41 +288,52 @@ class Room:
         self._feed(msg_id, text)
 
     def _feed(self, msg_id: int, text: str):
-        if msg_id == self.position + 1 and self.idle and not self.pending and self._fanout_now(msg_id, text):
-            return
         if msg_id > self.position and msg_id not in self.pending:
             self.pending[msg_id] = text
-            self.wake.set()
+            if not self.idle:
+                self.wake.set()
+            elif not self.soon:
+                # The loop sleeps: hand what arrives in this loop pass over in one
+                # callback (_deliver_soon) rather than wake its task.
+                self.soon = True
+                asyncio.get_running_loop().call_soon(self._deliver_soon)
             if len(self.pending) > settings.CHAT_ROOM_MAX_BACKLOG and not self.closed:
                 self._shed()
 
-    def _fanout_now(self, msg_id: int, text: str) -> bool:
-        """The next id, with the deliver loop idle: hand it to the sockets right here.
+    def _deliver_soon(self):
+        """The next ids of a room whose deliver loop is idle, to its framed sockets, right here.
 
-        With many small rooms nearly every message is the next one of a room whose
-        loop sleeps; waking that task (an Event, a task step, a coroutine per socket)
-        costs more than the write itself. Only when every socket takes pre-built
-        frames (wsworker), so nothing below awaits and the order is the loop's own:
-        no earlier id waits (pending is empty), no later one can overtake. False:
-        the deliver loop does it, as before.
+        With many small rooms nearly every message is the next one of a sleeping room:
+        waking its task (an Event, a task step, a coroutine per socket) costs more than
+        the write. Scheduled once per loop pass, so what arrived meanwhile still goes
+        out as one run. Only while the loop is idle and every socket takes pre-built
+        frames (wsworker): nothing here awaits, so the order is the loop's own. A gap,
+        a catch-up, more than RUN_MAX, or a socket without frames: the loop does it.
         """
+        self.soon = False
+        nxt = self.position + 1
         sockets = list(self.sockets)
-        if self.catch_up or self.closed or any(c.frames is None for c in sockets):
-            return False
-        self.position = msg_id
-        self.cache.append(text)
-        quiet.due(self)
-        run = Run([text])
+        if (not self.idle or self.closed or self.catch_up or nxt not in self.pending
+                or any(c.frames is None for c in sockets)):
+            if self.pending or self.catch_up:
+                self.wake.set()
+            return
+        texts = []
+        while nxt in self.pending and len(texts) < RUN_MAX:
+            texts.append(self.pending.pop(nxt))
+            nxt += 1
+        run = self._advance(self.position + 1, texts)
         for consumer in sockets:
-            if consumer.closed or msg_id <= consumer.last_id:
-                continue  # e.g. the sender, acknowledged directly
-            consumer.last_id = msg_id
+            skip = self._skip(consumer, run)
+            if skip is None:
+                continue
             try:
-                consumer.deliver_now(run)
+                consumer.deliver_now(run, skip)
             except Exception:
                 logger.warning("room %s: send to one socket failed", self.name, exc_info=True)
-        metrics.delivered(run.texts)
-        return True
+        metrics.delivered(texts)
+        if self.pending:
+            self.wake.set()
 
     def _shed(self):
         """This worker cannot keep up with the room: shed it visibly rather than grow.
@@ -423,33 +435,47 @@ class Room:
                     return  # read everything there is
                 raise RuntimeError(f"gap fill incomplete: have {self.position}, need {hi}")
 
+    def _advance(self, first: int, texts: list[str]) -> "Run":
+        """Ids first..first+len(texts)-1 are the room's next: move position and cache.
+
+        BEFORE the sends: a socket attaching meanwhile catches up from the cache and
+        is not in the list the sends walk.
+        """
+        self.position = first + len(texts) - 1
+        self.cache.extend(texts)
+        quiet.due(self)
+        return Run(texts, first)
+
+    def _skip(self, consumer, run: "Run"):
+        """How many of the run's messages `consumer` already has, or None to skip it;
+        its last_id moves to the run's end."""
+        last = run.first + len(run.texts) - 1
+        if consumer.closed or last <= consumer.last_id:
+            return None  # e.g. the sender of the whole run, acknowledged directly
+        skip = consumer.last_id + 1 - run.first  # > 0: the sender of the first few
+        if skip < 0:
+            # Cannot happen while attach() and the sender's ack keep the invariant;
+            # if it ever does, the client resumes rather than sees a hole.
+            logger.error("room %s: socket at %s got %s; closing it to resume",
+                         self.name, consumer.last_id, run.first)
+            self.sockets.discard(consumer)
+            consumer.closed = True
+            asyncio.ensure_future(consumer.close(code=protocol.CLOSE_RESTART))
+            return None
+        consumer.last_id = last
+        return skip
+
     async def _fanout(self, first: int, texts: list[str]):
         """Hand ids first..first+len(texts)-1 to every local socket: one write each.
 
         Under load the Room takes every contiguous message that is waiting (up to
         RUN_MAX) at once, so a burst costs each socket one send, not one per message.
         """
-        last = first + len(texts) - 1
-        # Position and cache move BEFORE the sends: a socket attaching during the
-        # loop below catches up from the cache and is not in this loop's list.
-        self.position = last
-        self.cache.extend(texts)
-        quiet.due(self)
-        run = Run(texts)
+        run = self._advance(first, texts)
         for consumer in list(self.sockets):
-            if consumer.closed or last <= consumer.last_id:
-                continue  # e.g. the sender of the whole run, acknowledged directly
-            skip = consumer.last_id + 1 - first  # > 0: the sender of the first few
-            if skip < 0:
-                # Cannot happen while attach() and the sender's ack keep the invariant;
-                # if it ever does, the client resumes rather than sees a hole.
-                logger.error("room %s: socket at %s got %s; closing it to resume",
-                             self.name, consumer.last_id, first)
-                self.sockets.discard(consumer)
-                consumer.closed = True
-                await consumer.close(code=protocol.CLOSE_RESTART)
+            skip = self._skip(consumer, run)
+            if skip is None:
                 continue
-            consumer.last_id = last
             try:
                 await consumer.deliver(run, skip)
             except Exception:
@@ -465,10 +491,11 @@ class Run:
     joined frames, instead of a framing and an ASGI send per socket per message.
     """
 
-    __slots__ = ("texts", "_frames", "_whole")
+    __slots__ = ("texts", "first", "_frames", "_whole")
 
-    def __init__(self, texts: list[str]):
+    def __init__(self, texts: list[str], first: int = 0):
         self.texts = texts
+        self.first = first  # the id of texts[0] (0: not a room run, e.g. a catch-up)
         self._frames = None
         self._whole = None
 
