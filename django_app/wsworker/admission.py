@@ -119,5 +119,5 @@ def released(proto) -> None:
 
 def status() -> dict:
     """For /healthz: what admission sees now."""
-    return {"open": open_sockets, "max": limit(), "max_by_open_files": fdlimit.socket_cap, "handshaking": len(handshaking), "above_mean": above_mean,
-            "rebalancing": rebalancing, "census": fleet}
+    return {"open": open_sockets, "max": limit(), "max_by_open_files": fdlimit.socket_cap,
+            "handshaking": len(handshaking), "above_mean": above_mean, "rebalancing": rebalancing, "census": fleet}
