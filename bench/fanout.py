@@ -44,6 +44,12 @@ def _percentiles(lat_us):
             "p99_ms": round(float(p99), 2), "max_ms": round(float(lat_us.max()) / 1000.0, 2)}
 
 
+def since(totals: dict, before: dict) -> dict:
+    """Per-key growth of cumulative counters (the client processes count closes over the
+    whole scenario): what happened in one step only, zero entries dropped."""
+    return {k: n - before.get(k, 0) for k, n in totals.items() if n - before.get(k, 0) > 0}
+
+
 def _split(total, parts):
     base, extra = divmod(total, parts)
     return [base + (1 if i < extra else 0) for i in range(parts)]
@@ -62,6 +68,7 @@ class FanoutRun:
         self.pub_distribution = {}
         self.spans = {}
         self.dialect = getattr(stack, "dialect", "chat")
+        self.closed_before = {}  # the client processes' cumulative closes at the last step's end
 
     def close(self):
         for p in self.subs + [self.pub]:
@@ -178,6 +185,8 @@ class FanoutRun:
             for code, n in r.get("resumed", {}).items():
                 resumed[str(code)] = resumed.get(str(code), 0) + n
         lat_us = np.concatenate(lat) if lat else np.array([], dtype=np.int64)
+        # A socket lost in an earlier step was topped up before this one: it fails that step only.
+        closed, self.closed_before = since(closed, self.closed_before), closed
         errors = {k: v - errors_before.get(k, 0) for k, v in res["errors"].items()
                   if v - errors_before.get(k, 0)}
         send_s = max(res["elapsed"], 1e-6)
@@ -192,7 +201,7 @@ class FanoutRun:
             "delivered_per_s": round(min(received, expected) / send_s),
             "lost": max(0, expected - received),
             "refused": errors,
-            "shed_sockets": closed,  # closed and not resumed: their messages count as lost
+            "shed_sockets": closed,  # closed in this step and not resumed: their messages count as lost
             "resumed_sockets": resumed,  # closed with 1012/1013, resumed with ?after= (cumulative)
             "alive_after": alive,
             **_percentiles(lat_us),
