@@ -100,11 +100,12 @@ def _wait_http(url, deadline):
     raise AssertionError(f"{url} did not answer in time")
 
 
-def _start_worker(port, **env_overrides):
-    """The real worker process (`python -m wsworker`), as services/bin/ws runs it."""
+def _start_worker(port, *args, **env_overrides):
+    """The real worker process (`python -m wsworker`), as services/bin/ws runs it;
+    `args`: more of its command-line options."""
     env = dict(os.environ, POSTGRES_DB=connection.settings_dict["NAME"], **env_overrides)
     proc = subprocess.Popen(
-        [sys.executable, "-m", "wsworker", "-b", "127.0.0.1", "-p", str(port), "config.asgi:application"],
+        [sys.executable, "-m", "wsworker", "-b", "127.0.0.1", "-p", str(port), *args, "config.asgi:application"],
         cwd=DJANGO_APP, env=env, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True,
     )
     if _wait_http(f"http://127.0.0.1:{port}/healthz", time.monotonic() + 20) != 200:
