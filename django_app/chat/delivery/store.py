@@ -132,6 +132,7 @@ class _Batch:
         for k in fresh:
             remaining[self.ris[k] - 1] += 1
         out: list = [None] * len(self.items)
+        stamp = _ts(created_at)  # one statement, one timestamp for all its new rows
         for k, pos in enumerate(self.sent):
             room = self.items[pos][0]
             if k in resent:
@@ -141,7 +142,7 @@ class _Batch:
             ri = self.ris[k] - 1
             seq = lasts[ri] - remaining[ri] + 1
             remaining[ri] -= 1
-            out[pos] = (_wire(room, seq, self.items[pos][2], self.items[pos][3], created_at), False)
+            out[pos] = (protocol.message_dict(seq, room, self.items[pos][2], self.items[pos][3], stamp), False)
         for pos, first in self.first_of.items():
             out[pos] = (out[first][0], True)
         return out
