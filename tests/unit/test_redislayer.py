@@ -110,3 +110,59 @@ async def test_two_listeners_share_the_group_until_the_last_one_stops():
     assert (await _redis_subscriptions("listen-c"))[0] == [1]
     await second.stop()
     await _until(lambda: _unsubscribed("listen-c"))
+
+
+async def test_a_burst_is_handed_over_without_a_read_per_message_and_unsubscribes_still_land():
+    """receive_loop(): what Redis sent in one go reaches the callbacks in order with
+    far fewer get_message() calls than messages; an UNSUBSCRIBE answered in the
+    middle of a burst still updates redis-py's subscription state."""
+    layer = get_channel_layer()
+    got = {"burst-a": [], "burst-b": []}
+    done = asyncio.Event()
+
+    b_done = asyncio.Event()
+
+    def collect(group):
+        def on_event(event):
+            got[group].append(event["id"])
+            if len(got["burst-a"]) == 300:
+                done.set()
+            if len(got["burst-b"]) == 200:
+                b_done.set()
+        return on_event
+
+    a = await listen(layer, "burst-a", collect("burst-a"))
+    b = await listen(layer, "burst-b", collect("burst-b"))
+    loop_layer = layer._get_layer()
+    pubsub = loop_layer._get_shard(loop_layer._get_group_channel_name("burst-a"))._pubsub
+    reads = []
+    real = pubsub.get_message
+
+    async def counting(*args, **kwargs):
+        message = await real(*args, **kwargs)
+        if message is not None:
+            reads.append(1)
+        return message
+
+    pubsub.get_message = counting
+    try:
+        await publish_many(layer, [(f"burst-{'ab'[n % 2]}", {"type": "chat.message", "id": n, "text": "x" * 50})
+                                   for n in range(400)])
+        await asyncio.wait_for(b_done.wait(), 5)
+        stopping = asyncio.ensure_future(b.stop())  # its UNSUBSCRIBE answer arrives among the next burst
+        await publish_many(layer, [("burst-a", {"type": "chat.message", "id": n, "text": ""}) for n in range(400, 500)])
+        await stopping
+        await asyncio.wait_for(done.wait(), 5)
+        assert got["burst-a"] == list(range(0, 400, 2)) + list(range(400, 500))
+        assert got["burst-b"] == list(range(1, 400, 2))
+        assert len(reads) < 100, f"{len(reads)} get_message() calls for 500 messages"
+        channel_b = layer._get_layer()._get_group_channel_name("burst-b").encode()
+        await _until(lambda: _unsubscribed("burst-b"))
+        await _until(lambda: _async(channel_b not in pubsub.channels))
+    finally:
+        pubsub.get_message = real
+        await a.stop()
+
+
+async def _async(value):
+    return value

@@ -181,3 +181,26 @@ def test_write_soon_leaves_a_closing_transport_to_twisted():
         conn.stopWriting()
         conn.socket.close()
         peer.close()
+
+
+async def test_write_soon_to_a_dead_peer_leaves_the_loss_for_the_reactor_to_report():
+    """send() failing (the client vanished) must not raise in the flush, lose the other
+    sockets' writes, or go unnoticed: Twisted's doWrite path reports the loss."""
+    from twisted.internet import main, reactor
+
+    from wsworker.protocol import write_soon
+
+    (dead, peer_dead), (alive, peer_alive) = _twisted_connection(), _twisted_connection()
+    peer_dead.close()
+    try:
+        write_soon(dead, b"to nobody")
+        write_soon(alive, b"to someone")
+        await asyncio.sleep(0)
+        assert _drain(peer_alive) == b"to someone"
+        assert dead in reactor.getWriters(), "the reactor's next doWrite reports the loss"
+        assert dead.doWrite() is main.CONNECTION_LOST
+    finally:
+        for conn in (dead, alive):
+            conn.stopWriting()
+            conn.socket.close()
+        peer_alive.close()

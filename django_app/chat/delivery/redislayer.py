@@ -17,15 +17,24 @@ rooms those are paid per message. listen() puts an object with the queue's
 put_nowait() where channels_redis looks the channel up, so the shard's reader
 task hands each message straight to the callback.
 
-That needs channels_redis internals, all named in PRIVATE_INTERNALS and pinned
-by tests/unit/test_redislayer.py, which fails when an upgrade changes one.
-Any other layer gets one group_send per message.
+The shard's reader itself (channels_redis's _do_receiving) calls redis-py's
+get_message() once per message: a timeout context, a retry wrapper and a
+health check around every read, ~20-30 us per message even when Redis sent a
+whole burst in one packet. receive_loop() is that loop, plus: after a message,
+the replies already parsed from the same read are handed over right away, each
+through redis-py's own handle_message(), as its parse_response would.
+
+That needs channels_redis and redis-py internals, all named in PRIVATE_INTERNALS
+and pinned by tests/unit/test_redislayer.py, which fails when an upgrade changes
+one. Any other layer gets one group_send per message.
 """
 import asyncio
+import functools
 import logging
 import uuid
 
 from channels_redis.pubsub import RedisPubSubChannelLayer
+from redis._parsers.hiredis import NOT_ENOUGH_DATA
 
 logger = logging.getLogger(__name__)
 
@@ -39,7 +48,18 @@ PRIVATE_INTERNALS = (
     # listen(): the reader calls channels[name].put_nowait(data) for each group member
     ("channels_redis.pubsub.RedisPubSubLoopLayer", "channels"),
     ("channels_redis.pubsub.RedisSingleShardConnection", "_receive_message"),
+    # receive_loop(): replaces the shard's reader, reads what is already parsed
+    ("channels_redis.pubsub.RedisPubSubLoopLayer", "_shards"),
+    ("channels_redis.pubsub.RedisSingleShardConnection", "_do_receiving"),
+    ("channels_redis.pubsub.RedisSingleShardConnection", "_pubsub"),
+    ("redis._parsers.hiredis._AsyncHiredisParser", "_reader"),
+    ("redis._parsers.hiredis._AsyncHiredisParser", "_hiredis_PushNotificationType"),
+    ("redis._parsers.hiredis._AsyncHiredisParser", "handle_push_response"),
+    ("redis.asyncio.client.PubSub", "health_check_response"),
+    ("redis.asyncio.connection.AbstractConnection", "next_health_check"),
 )
+
+DRAIN_MAX = 1000  # replies handed over per message read, before the loop reads again
 
 
 async def publish_many(layer, items) -> None:
@@ -94,6 +114,69 @@ class Listener:
         await self.layer.group_discard(self.group, self.channel)
 
 
+async def receive_loop(shard) -> None:
+    """channels_redis's RedisSingleShardConnection._do_receiving, plus _drain()."""
+    while True:
+        try:
+            pubsub = shard._pubsub
+            if pubsub and pubsub.subscribed:
+                message = await pubsub.get_message(ignore_subscribe_messages=True, timeout=0.1)
+                shard._receive_message(message)
+                if message is not None:
+                    await _drain(shard, pubsub)
+            else:
+                await asyncio.sleep(0.1)
+        except (asyncio.CancelledError, asyncio.TimeoutError, GeneratorExit):
+            raise
+        except BaseException:
+            logger.exception("Unexpected exception in receive task")
+            await asyncio.sleep(1)
+
+
+async def _drain(shard, pubsub) -> None:
+    """Hand over the replies hiredis already holds complete, without another read.
+
+    What redis-py's get_message() does with a reply, minus the read: push
+    notifications through the parser's handler (RESP3), health-check answers
+    dropped, the next health check pushed back, every other reply through
+    PubSub.handle_message(), so subscription state is kept by redis-py itself.
+    An error reply disconnects and raises, as a read of it would. Without
+    hiredis nothing is drained: get_message() reads every reply.
+    """
+    conn = pubsub.connection
+    parser = getattr(conn, "_parser", None)
+    reader = getattr(parser, "_reader", None)
+    if reader is None:
+        return
+    push_type = parser._hiredis_PushNotificationType
+    health = pubsub.health_check_response if conn.health_check_interval else ()
+    read_any = False
+    for _ in range(DRAIN_MAX):
+        reply = reader.gets()
+        if reply is NOT_ENOUGH_DATA:
+            break
+        read_any = True
+        failed = reply if isinstance(reply, Exception) else (
+            reply[0] if isinstance(reply, list) and reply and isinstance(reply[0], Exception) else None)
+        if failed is not None:
+            await conn.disconnect(nowait=True)
+            raise failed
+        if push_type is not None and isinstance(reply, push_type):
+            reply = await parser.handle_push_response(reply)
+        if health and reply in health:
+            continue
+        shard._receive_message(await pubsub.handle_message(reply, ignore_subscribe_messages=True))
+    if read_any and conn.health_check_interval:
+        conn.next_health_check = asyncio.get_running_loop().time() + conn.health_check_interval
+
+
+def _install_receive_loop(loop_layer) -> None:
+    """Every shard of this loop's layer reads with receive_loop() from its next start."""
+    for shard in loop_layer._shards:
+        if not isinstance(shard.__dict__.get("_do_receiving"), functools.partial):
+            shard._do_receiving = functools.partial(receive_loop, shard)
+
+
 async def listen(layer, group: str, on_event) -> Listener:
     """Call on_event(event) for every event sent to `group`, in Redis's order.
 
@@ -112,6 +195,7 @@ async def listen(layer, group: str, on_event) -> Listener:
     # A name only this process knows: nothing is published to it, so unlike
     # new_channel() it needs no SUBSCRIBE of its own; group_add() needs it listed.
     channel = f"listen.{group}!{uuid.uuid4().hex}"
+    _install_receive_loop(layer._get_layer())
     layer._get_layer().channels[channel] = _Sink(group, layer.deserialize, on_event)
     listener = Listener(layer, group, channel)
     try:
