@@ -7,9 +7,7 @@ counted on /healthz) once WS_MAX_SEND_BUFFER_BYTES is exceeded, while a healthy
 client in the same room keeps receiving every message in order.
 """
 import asyncio
-import base64
 import json
-import os
 import socket
 import time
 
@@ -17,6 +15,7 @@ import pytest
 import requests
 import websockets
 
+from tests.rawws import upgrade
 from tests.stack import NativeStack
 
 LIMIT = 128 * 1024
@@ -44,15 +43,7 @@ def stuck_client(ws_url: str, path: str) -> socket.socket:
     sock.setsockopt(socket.SOL_SOCKET, socket.SO_RCVBUF, 4096)
     sock.settimeout(10)
     sock.connect((host, int(port)))
-    key = base64.b64encode(os.urandom(16)).decode()
-    sock.sendall((f"GET {path} HTTP/1.1\r\nHost: {host}:{port}\r\nUpgrade: websocket\r\n"
-                  f"Connection: Upgrade\r\nSec-WebSocket-Key: {key}\r\nSec-WebSocket-Version: 13\r\n\r\n").encode())
-    head = b""
-    while b"\r\n\r\n" not in head:
-        chunk = sock.recv(1)
-        assert chunk, "server closed during the handshake"
-        head += chunk
-    assert head.startswith(b"HTTP/1.1 101"), head
+    upgrade(sock, host, int(port), path)
     return sock
 
 

@@ -4,10 +4,7 @@ and a real worker still answers every other frame as autobahn always did.
 Client frames are built with the websockets library's own serializer (masked, as a
 client sends them), so the parser is checked against another implementation.
 """
-import asyncio
-import base64
 import json
-import os
 import socket
 import struct
 import time
@@ -16,6 +13,7 @@ import pytest
 from websockets.frames import Close, Frame, Opcode
 from websockets.streams import StreamReader
 
+from tests.rawws import upgrade
 from wsworker.reading import split_text_frames
 
 from .conftest import free_port
@@ -99,17 +97,8 @@ def test_a_partial_frame_is_left_for_the_next_read():
 
 def _handshake(port: int, path: str) -> "ServerFrames":
     sock = socket.create_connection(("127.0.0.1", port), timeout=10)
-    key = base64.b64encode(os.urandom(16)).decode()
-    sock.sendall((f"GET {path} HTTP/1.1\r\nHost: 127.0.0.1:{port}\r\nUpgrade: websocket\r\n"
-                  f"Connection: Upgrade\r\nSec-WebSocket-Key: {key}\r\nSec-WebSocket-Version: 13\r\n\r\n").encode())
-    head = b""
-    while b"\r\n\r\n" not in head:
-        chunk = sock.recv(4096)
-        assert chunk, "closed during the handshake"
-        head += chunk
-    status, _, rest = head.partition(b"\r\n\r\n")
-    assert status.startswith(b"HTTP/1.1 101"), status
-    return ServerFrames(sock, rest)
+    upgrade(sock, "127.0.0.1", port, path)
+    return ServerFrames(sock, b"")
 
 
 class ServerFrames:
