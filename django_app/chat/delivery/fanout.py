@@ -265,8 +265,9 @@ class Room:
                     self.sockets.add(consumer)
                     return
                 texts = await self._texts_after(consumer.last_id)
+                run = Run(texts, consumer.last_id + 1)
                 consumer.last_id += len(texts)
-                await consumer.deliver(Run(texts))
+                await consumer.deliver(run)
             raise RuntimeError(f"room {self.name}: socket could not catch up with the room")
         finally:
             self.release()
@@ -311,17 +312,13 @@ class Room:
         a catch-up, more than RUN_MAX, or a socket without frames: the loop does it.
         """
         self.soon = False
-        nxt = self.position + 1
         sockets = list(self.sockets)
-        if (not self.idle or self.closed or self.catch_up or nxt not in self.pending
+        if (not self.idle or self.closed or self.catch_up or self.position + 1 not in self.pending
                 or any(c.frames is None for c in sockets)):
             if self.pending or self.catch_up:
                 self.wake.set()
             return
-        texts = []
-        while nxt in self.pending and len(texts) < RUN_MAX:
-            texts.append(self.pending.pop(nxt))
-            nxt += 1
+        texts = self._take_run()
         run = self._advance(self.position + 1, texts)
         for consumer in sockets:
             skip = self._skip(consumer, run)
@@ -370,14 +367,9 @@ class Room:
                 if self.catch_up:
                     self.catch_up = False
                     await self._fill_from_db(None)
-                nxt = self.position + 1
-                if nxt in self.pending:
+                if self.position + 1 in self.pending:
                     self.gap_since = None
-                    texts = []
-                    while nxt in self.pending and len(texts) < RUN_MAX:
-                        texts.append(self.pending.pop(nxt))
-                        nxt += 1
-                    await self._fanout(self.position + 1, texts)
+                    await self._fanout(self.position + 1, self._take_run())
                     continue
                 for stale in [i for i in self.pending if i <= self.position]:
                     del self.pending[stale]
@@ -434,6 +426,14 @@ class Room:
                 if upto is None:
                     return  # read everything there is
                 raise RuntimeError(f"gap fill incomplete: have {self.position}, need {hi}")
+
+    def _take_run(self) -> list[str]:
+        """The waiting texts that follow position without a gap (at most RUN_MAX), out of pending."""
+        nxt, texts = self.position + 1, []
+        while nxt in self.pending and len(texts) < RUN_MAX:
+            texts.append(self.pending.pop(nxt))
+            nxt += 1
+        return texts
 
     def _advance(self, first: int, texts: list[str]) -> "Run":
         """Ids first..first+len(texts)-1 are the room's next: move position and cache.
@@ -493,9 +493,9 @@ class Run:
 
     __slots__ = ("texts", "first", "_frames", "_whole")
 
-    def __init__(self, texts: list[str], first: int = 0):
+    def __init__(self, texts: list[str], first: int):
         self.texts = texts
-        self.first = first  # the id of texts[0] (0: not a room run, e.g. a catch-up)
+        self.first = first  # the id of texts[0]
         self._frames = None
         self._whole = None
 
