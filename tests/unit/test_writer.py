@@ -25,9 +25,11 @@ async def test_messages_in_many_rooms_share_one_statement_with_dense_ids_per_roo
     for n in range(3):
         for client in clients:
             await client.send({"message": f"m{n}"})
-    for client in clients:
+    for room, client in zip(rooms, clients):
         got = [await client.recv() for _ in range(3)]
         assert [(m["id"], m["message"]) for m in got] == [(1, "m0"), (2, "m1"), (3, "m2")]
+        # what was sent live, timestamp included, is what history replays
+        assert await database_sync_to_async(store.between)(room, 1, 3) == got
     rows = await database_sync_to_async(lambda: list(
         Message.objects.filter(room__name__in=rooms).values_list("room__name", "seq", "created_at")))()
     assert sorted((room, seq) for room, seq, _ in rows) == [(r, s) for r in sorted(rooms) for s in (1, 2, 3)]
@@ -96,7 +98,8 @@ async def test_a_frozen_redis_never_delays_the_senders_ack(own_redis, settings):
 def test_store_batch_matches_a_model_over_many_rooms_resends_and_batches():
     """Many rooms per statement (names whose order differs between collations),
     resends within a batch and across batches, mixed with new rows: every row
-    gets what a one-by-one store would give it, and the table holds exactly that."""
+    gets what a one-by-one store would give it, and the table holds exactly that;
+    every message as sent live (timestamp included) is the message history replays."""
     import random
 
     rnd = random.Random(14)
@@ -108,7 +111,8 @@ def test_store_batch_matches_a_model_over_many_rooms_resends_and_batches():
         for n in range(rnd.randint(1, 40)):
             room = rnd.choice(names)
             cid = rnd.choice([None, None, f"c{rnd.randint(0, 30)}"])
-            user, text = f"u{batch_no}", f"t{batch_no}.{n}"
+            # quotes, backslashes, non-BMP and separator characters: the batch travels as JSON text
+            user, text = f"u{batch_no}", f't{batch_no}.{n} "q" \\ \\n \u00e9 \U0001f600 \u2028'
             items.append((room, None, user, text, cid))
             if cid is not None and (room, cid) in stored:
                 sid, suser, stext = stored[(room, cid)]
@@ -120,6 +124,8 @@ def test_store_batch_matches_a_model_over_many_rooms_resends_and_batches():
             expect.append((room, last[room], user, text, False))
         got = store.store_batch(items)
         assert [(m["room"], m["id"], m["username"], m["message"], dup) for m, dup in got] == expect
+        for m, _dup in got:
+            assert store.between(m["room"], m["id"], m["id"]) == [m]
     assert store.heads(names) == last
     table = sorted(Message.objects.values_list("room__name", "seq"))
     assert table == sorted((room, seq) for room, top in last.items() for seq in range(1, top + 1))

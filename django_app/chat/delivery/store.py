@@ -6,6 +6,7 @@ ids are dense and commit in id order: when id N is visible, every id < N is
 visible too. The Room's gap fill relies on exactly that. One statement stores a
 whole batch, across rooms (chat.delivery.writer).
 """
+import json
 from datetime import timezone
 
 from django.db import connection, transaction
@@ -33,16 +34,24 @@ from ..models import Message, Room
 # this statement fail on the partial unique index (chat_message_room_client_id):
 # it rolls back whole (no id used) and the Writer runs it again, when `existing`
 # sees that row.
+# The batch goes in as two JSON texts and its answer comes back as one JSON
+# array: psycopg adapts Python lists to Postgres arrays and back in Python, per
+# element and per column, which cost more client CPU than the rest of the
+# statement's handling (docs/benchmarks.md); json.dumps/loads are C.
+# The wire timestamp, formatted by Postgres exactly as _ts() formats one read back
+# through the ORM (UTC, milliseconds truncated, "Z").
+_TS = """to_char(({}) AT TIME ZONE 'UTC', 'YYYY-MM-DD"T"HH24:MI:SS.MS"Z"')"""
 _PERSIST_SQL = f"""
-WITH input AS (
-    SELECT m.ri, m.user_id, m.username, m.body, NULLIF(m.cid, '') AS cid, m.ord
-    FROM unnest(%(ris)s::int[], %(user_ids)s::bigint[], %(usernames)s::text[], %(bodies)s::text[],
-                %(cids)s::text[])
-         WITH ORDINALITY AS m(ri, user_id, username, body, cid, ord)
+WITH names AS (
+    SELECT array_agg(n ORDER BY o) AS a FROM json_array_elements_text(%(names)s::json) WITH ORDINALITY AS t(n, o)
+), input AS (
+    SELECT (m.r->>0)::int AS ri, (m.r->>1)::bigint AS user_id, m.r->>2 AS username, m.r->>3 AS body,
+           NULLIF(m.r->>4, '') AS cid, m.ord
+    FROM json_array_elements(%(rows)s::json) WITH ORDINALITY AS m(r, ord)
 ), existing AS (
     SELECT i.ord, msg.seq, msg.username, msg.body, msg.created_at
     FROM input i
-    JOIN {Room._meta.db_table} r ON r.name = (%(names)s::text[])[i.ri]
+    JOIN {Room._meta.db_table} r ON r.name = (SELECT a FROM names)[i.ri]
     JOIN {Message._meta.db_table} msg ON msg.room_id = r.id AND msg.client_msg_id = i.cid
     WHERE i.cid IS NOT NULL
 ), marked AS (
@@ -51,12 +60,12 @@ WITH input AS (
     SELECT ri, count(*) FILTER (WHERE fresh) AS k FROM marked GROUP BY ri
 ), allocated AS (
     INSERT INTO {Room._meta.db_table} AS r (name, last_id)
-    SELECT (%(names)s::text[])[ri], k FROM counts ORDER BY ri
+    SELECT (SELECT a FROM names)[ri], k FROM counts ORDER BY ri
     ON CONFLICT (name) DO UPDATE SET last_id = r.last_id + EXCLUDED.last_id
     RETURNING id, name, last_id
 ), rooms AS (
     SELECT array_agg(id ORDER BY p) AS ids, array_agg(last_id ORDER BY p) AS lasts
-    FROM (SELECT id, last_id, array_position(%(names)s::text[], name::text) AS p FROM allocated) a
+    FROM (SELECT id, last_id, array_position((SELECT a FROM names), name::text) AS p FROM allocated) a
 ), numbered AS (
     SELECT m.ri, m.cid, m.user_id, m.username, m.body,
            row_number() OVER (PARTITION BY m.ri ORDER BY m.ord) - count(*) OVER (PARTITION BY m.ri) AS back
@@ -67,15 +76,19 @@ WITH input AS (
     FROM numbered n, rooms r
     RETURNING 1
 )
-SELECT r.lasts, statement_timestamp(), e.ords, e.seqs, e.usernames, e.bodies, e.created_ats,
-       (SELECT count(*) FROM inserted)
+SELECT json_build_array(r.lasts, {_TS.format("statement_timestamp()")}, e.ords, e.seqs, e.usernames, e.bodies,
+                        e.created_ats, (SELECT count(*) FROM inserted))
 FROM rooms r, (
     SELECT array_agg(ord ORDER BY ord) AS ords, array_agg(seq ORDER BY ord) AS seqs,
            array_agg(username ORDER BY ord) AS usernames, array_agg(body ORDER BY ord) AS bodies,
-           array_agg(created_at ORDER BY ord) AS created_ats
+           array_agg({_TS.format("created_at")} ORDER BY ord) AS created_ats
     FROM existing
 ) e
 """
+
+
+def _json(value) -> str:
+    return json.dumps(value, ensure_ascii=False, separators=(",", ":"))
 
 
 def _ts(dt) -> str:
@@ -114,12 +127,9 @@ class _Batch:
         self.ris = [index[self.items[pos][0]] for pos in self.sent]
 
     def params(self) -> dict:
-        rows = [self.items[pos] for pos in self.sent]
-        return {
-            "names": self.names, "ris": self.ris,
-            "user_ids": [r[1] for r in rows], "usernames": [r[2] for r in rows],
-            "bodies": [r[3] for r in rows], "cids": [r[4] for r in rows],
-        }
+        items = self.items
+        rows = [(ri, *items[pos][1:]) for ri, pos in zip(self.ris, self.sent)]
+        return {"names": _json(self.names), "rows": _json(rows)}
 
     def result(self, answer) -> list[tuple[dict, bool]]:
         lasts, created_at, ords, seqs, usernames, bodies, created_ats, inserted = answer
@@ -132,12 +142,12 @@ class _Batch:
         for k in fresh:
             remaining[self.ris[k] - 1] += 1
         out: list = [None] * len(self.items)
-        stamp = _ts(created_at)  # one statement, one timestamp for all its new rows
+        stamp = created_at  # one statement, one timestamp for all its new rows
         for k, pos in enumerate(self.sent):
             room = self.items[pos][0]
             if k in resent:
                 i = resent[k]
-                out[pos] = (_wire(room, seqs[i], usernames[i], bodies[i], created_ats[i]), True)
+                out[pos] = (protocol.message_dict(seqs[i], room, usernames[i], bodies[i], created_ats[i]), True)
                 continue
             ri = self.ris[k] - 1
             seq = lasts[ri] - remaining[ri] + 1
@@ -159,13 +169,14 @@ def store_batch(items) -> list[tuple[dict, bool]]:
     batch = _Batch(items)
     with connection.cursor() as cur:
         cur.execute(_PERSIST_SQL, batch.params())
-        return batch.result(cur.fetchone())
+        (answer,) = cur.fetchone()
+        return batch.result(json.loads(answer) if isinstance(answer, str) else answer)
 
 
 async def store_batch_async(items) -> list[tuple[dict, bool]]:
     """store_batch on the Writer's async connection (chat.delivery.db): no thread hop."""
     batch = _Batch(items)
-    (answer,) = await db.execute(_PERSIST_SQL, batch.params())
+    ((answer,),) = await db.execute(_PERSIST_SQL, batch.params())
     return batch.result(answer)
 
 
