@@ -164,5 +164,34 @@ async def test_a_burst_is_handed_over_without_a_read_per_message_and_unsubscribe
         await a.stop()
 
 
+async def test_a_quiet_subscription_reads_about_once_a_second_and_a_message_still_lands_at_once():
+    """The shard's reader does not poll Redis ten times a second while nothing
+    arrives (channels_redis's 0.1 s), and a message still ends its wait."""
+    layer = get_channel_layer()
+    got = asyncio.Event()
+    listener = await listen(layer, "quiet-a", lambda event: got.set())
+    loop_layer = layer._get_layer()
+    pubsub = loop_layer._get_shard(loop_layer._get_group_channel_name("quiet-a"))._pubsub
+    reads = []
+    real = pubsub.get_message
+
+    async def counting(*args, **kwargs):
+        reads.append(kwargs.get("timeout"))
+        return await real(*args, **kwargs)
+
+    pubsub.get_message = counting
+    try:
+        await asyncio.sleep(2.5)  # the quiet spell being measured, not a wait for a condition
+        assert len(reads) <= 4, f"{len(reads)} reads in 2.5 quiet seconds"
+        loop = asyncio.get_running_loop()
+        sent = loop.time()
+        await publish_many(layer, [("quiet-a", {"type": "chat.message", "id": 1, "text": "x"})])
+        await asyncio.wait_for(got.wait(), 5)
+        assert loop.time() - sent < 0.5
+    finally:
+        pubsub.get_message = real
+        await listener.stop()
+
+
 async def _async(value):
     return value

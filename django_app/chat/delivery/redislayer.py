@@ -114,13 +114,23 @@ class Listener:
         await self.layer.group_discard(self.group, self.channel)
 
 
+# How long the reader waits for a message before it reads again. channels_redis
+# waits 0.1 s: ten wake-ups a second per shard on a quiet worker, each a timeout
+# context and a cancelled read, about a tenth of an idle worker's CPU (measured,
+# docs/benchmarks.md). Nothing needs them: a message ends the wait, cancellation
+# reaches the await, and redis-py's health check (health_check_interval, 30 s)
+# goes out with the next read, now at most this late.
+READ_WAIT_SECONDS = 1.0
+
+
 async def receive_loop(shard) -> None:
-    """channels_redis's RedisSingleShardConnection._do_receiving, plus _drain()."""
+    """channels_redis's RedisSingleShardConnection._do_receiving, plus _drain(), waiting
+    READ_WAIT_SECONDS instead of 0.1 s per read on a quiet connection."""
     while True:
         try:
             pubsub = shard._pubsub
             if pubsub and pubsub.subscribed:
-                message = await pubsub.get_message(ignore_subscribe_messages=True, timeout=0.1)
+                message = await pubsub.get_message(ignore_subscribe_messages=True, timeout=READ_WAIT_SECONDS)
                 shard._receive_message(message)
                 if message is not None:
                     await _drain(shard, pubsub)
