@@ -57,7 +57,10 @@ class Publisher:
             count = min(len(self.queue), PUBLISH_BATCH_MAX)
             batch = [self.queue.popleft() for _ in range(count)]
             try:
-                await asyncio.wait_for(publish_many(layer, batch), timeout)
+                # asyncio.timeout, not wait_for: wait_for (3.11) runs the publish as a
+                # Task of its own, two more loop passes per pipeline.
+                async with asyncio.timeout(timeout):
+                    await publish_many(layer, batch)
             except asyncio.CancelledError:
                 raise
             except Exception as exc:
