@@ -20,7 +20,7 @@ in through three documented points only:
 Run it with `python -m wsworker [daphne args] yourproject.asgi:application`.
 Map of the package: server (startup → main loop → shutdown), protocol (the
 WebSocket connection), frames, reading and inbox (per-socket costs), drain, shedding,
-gctune, eventloop, watchdog (a blocked loop exits), health, metrics, registry,
-admission, census and rebalance (scaling), layerwatch and redisconf (the Redis
-channel layer, Sentinel and shards included), hooks, conf.
+gctune, eventloop, watchdog (a blocked loop exits), health, access (its log
+lines), metrics, registry, admission, census and rebalance (scaling), layerwatch
+and redisconf (the Redis channel layer, Sentinel and shards included), hooks, conf.
 """

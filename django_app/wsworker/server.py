@@ -23,7 +23,7 @@ from daphne.cli import CommandLineInterface
 from daphne.server import Server
 from twisted.internet import reactor
 
-from . import census, conf, drain, fdlimit, gctune, layerwatch, metrics, shedding, watchdog
+from . import access, census, conf, drain, fdlimit, gctune, layerwatch, metrics, shedding, watchdog
 from .frames import SCOPE_FRAMES, frame_text
 from .inbox import Inbox
 from .protocol import WorkerWebSocketProtocol, share_protocol_options
@@ -35,6 +35,9 @@ class WorkerServer(Server):
     def __init__(self, *args, **kwargs):
         # Our own handlers replace Twisted's (which would stop the reactor at once).
         kwargs["signal_handlers"] = False
+        # daphne's access log writes to stdout around logging (wsworker.access).
+        if kwargs.get("action_logger") is not None:
+            kwargs["action_logger"] = access.log_action
         super().__init__(*args, **kwargs)
         self._drain_task = None
         self._fatal = None  # why startup gave up: the process then exits non-zero

@@ -1,17 +1,24 @@
 """LOG_FORMAT=json: one JSON object per log line, tokens redacted as in plain lines.
 
 Checked in fresh processes, the way each tier starts: Django's LOGGING (web, ws,
-migrate, manage.py) and gunicorn's own error and access lines (services/gunicorn.conf.py).
+migrate, manage.py), gunicorn's own error and access lines (services/gunicorn.conf.py)
+and the ws worker's access lines (wsworker.access).
 """
+import asyncio
 import json
 import os
+import signal
 import subprocess
 import sys
 import time
 import urllib.request
 from pathlib import Path
 
+import pytest
+import websockets
+
 from .conftest import free_port
+from .test_wsworker import _start_worker, _stop
 
 ROOT = Path(__file__).resolve().parents[2]
 DJANGO_APP = ROOT / "django_app"
@@ -73,3 +80,34 @@ def test_gunicorn_writes_json_lines_and_metrics_off_stays_off(tmp_path):
     assert any(r["logger"] == "gunicorn.access" and "/healthz" in r["message"] for r in records)
     assert "s3cr3t" not in "\n".join(lines)
     assert not (tmp_path / "missing").exists()
+
+
+@pytest.mark.django_db(transaction=True)
+def test_the_ws_worker_writes_json_lines_its_access_lines_included():
+    """daphne writes its access log straight to stdout; the worker's goes through
+    logging: JSON with LOG_FORMAT=json, tokens redacted (daphne's HTTP lines carry
+    the query string)."""
+    port = free_port()
+    proc = _start_worker(port, LOG_FORMAT="json")
+    try:
+        status = urllib.request.urlopen(f"http://127.0.0.1:{port}/healthz?token=s3cr3t", timeout=5).status
+        assert status == 200
+
+        async def refused_socket():
+            async with websockets.connect(f"ws://127.0.0.1:{port}/ws/chat/jsonlog/?token=s3cr3t", open_timeout=5) as ws:
+                with pytest.raises(websockets.ConnectionClosed) as closed:
+                    await asyncio.wait_for(ws.recv(), 5)
+                return closed.value.rcvd.code
+
+        assert asyncio.run(refused_socket()) == 4401  # an unknown token: accepted, then closed
+        proc.send_signal(signal.SIGTERM)
+        out, _ = proc.communicate(timeout=30)
+    finally:
+        _stop(proc)
+    lines = [line for line in out.splitlines() if line.strip()]
+    records = [json.loads(line) for line in lines]  # every line, the access lines included
+    access = [r["message"] for r in records if r["logger"] == "wsworker.access"]
+    assert any('"GET /healthz?token=[redacted]" 200' in m for m in access), access
+    assert any('"WSCONNECT /ws/chat/jsonlog/"' in m for m in access), access
+    assert any('"WSDISCONNECT /ws/chat/jsonlog/"' in m for m in access), access
+    assert "s3cr3t" not in out

@@ -1,0 +1,36 @@
+"""daphne's access log, written through Python logging (logger `wsworker.access`).
+
+daphne writes its access lines (NCSA style) straight to stdout, around logging:
+with LOG_FORMAT=json every handshake, every disconnect and every HTTP request
+(the health probes, twice a second per worker) would be a plain line among the
+JSON ones, which a log shipper cannot parse, and LOG_LEVEL could not quiet them.
+Here each becomes one INFO record, formatted and filtered like every other
+record of the worker (token redaction included; daphne's paths carry no query
+string anyway).
+
+One line per HTTP request (method, path, status, bytes) and per WebSocket
+outcome: connected, rejected (the app or the handshake timeout refused it) or
+disconnected. daphne's extra "connecting" line is dropped: every handshake ends
+in one of the other three.
+"""
+import logging
+
+logger = logging.getLogger("wsworker.access")
+
+_WS_ACTIONS = {"connected": "WSCONNECT", "rejected": "WSREJECT", "disconnected": "WSDISCONNECT"}
+
+
+def log_action(protocol: str, action: str, details: dict) -> None:
+    """daphne's action_logger interface: (protocol, action, details)."""
+    if not logger.isEnabledFor(logging.INFO):
+        return
+    if protocol == "http" and action == "complete":
+        logger.info('%s "%s %s" %s %s', _client(details), details.get("method"), details.get("path"),
+                    details.get("status") or "-", details.get("size") or "-")
+    elif protocol == "websocket" and action in _WS_ACTIONS:
+        logger.info('%s "%s %s"', _client(details), _WS_ACTIONS[action], details.get("path"))
+
+
+def _client(details: dict) -> str:
+    client = details.get("client")
+    return client if isinstance(client, str) else "-"
