@@ -116,7 +116,7 @@ class Listener:
 
 # How long the reader waits for a message before it reads again. channels_redis
 # waits 0.1 s: ten wake-ups a second per shard on a quiet worker, each a timeout
-# context and a cancelled read, about a tenth of an idle worker's CPU (measured,
+# context and a cancelled read, a fifth of an idle worker's CPU (measured,
 # docs/benchmarks.md). Nothing needs them: a message ends the wait, cancellation
 # reaches the await, and redis-py's health check (health_check_interval, 30 s)
 # goes out with the next read, now at most this late.
