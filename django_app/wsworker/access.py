@@ -11,7 +11,8 @@ string anyway).
 One line per HTTP request (method, path, status, bytes) and per WebSocket
 outcome: connected, rejected (the app or the handshake timeout refused it) or
 disconnected. daphne's extra "connecting" line is dropped: every handshake ends
-in one of the other three.
+in one of the other three. An access log file named with daphne's --access-log
+keeps daphne's own lines (wsworker.server).
 """
 import logging
 

@@ -17,6 +17,7 @@
 import asyncio
 import logging
 import signal
+import sys
 from functools import partial
 
 from daphne.cli import CommandLineInterface
@@ -35,8 +36,9 @@ class WorkerServer(Server):
     def __init__(self, *args, **kwargs):
         # Our own handlers replace Twisted's (which would stop the reactor at once).
         kwargs["signal_handlers"] = False
-        # daphne's access log writes to stdout around logging (wsworker.access).
-        if kwargs.get("action_logger") is not None:
+        # daphne's access log to stdout goes through logging instead (wsworker.access);
+        # a file named with --access-log keeps daphne's lines.
+        if getattr(kwargs.get("action_logger"), "stream", None) is sys.stdout:
             kwargs["action_logger"] = access.log_action
         super().__init__(*args, **kwargs)
         self._drain_task = None

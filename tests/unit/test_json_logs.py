@@ -111,3 +111,19 @@ def test_the_ws_worker_writes_json_lines_its_access_lines_included():
     assert any('"WSCONNECT /ws/chat/jsonlog/"' in m for m in access), access
     assert any('"WSDISCONNECT /ws/chat/jsonlog/"' in m for m in access), access
     assert "s3cr3t" not in out
+
+
+def test_an_access_log_file_named_on_the_command_line_keeps_daphnes_lines(tmp_path):
+    from daphne.access import AccessLogGenerator
+
+    from wsworker import access
+    from wsworker.server import WorkerServer
+
+    def server(action_logger):  # built, never run: nothing listens
+        return WorkerServer(None, endpoints=["tcp:port=0:interface=127.0.0.1"], action_logger=action_logger)
+
+    with open(tmp_path / "access.log", "a") as stream:
+        to_file = AccessLogGenerator(stream)
+        assert server(to_file).action_logger is to_file
+    assert server(AccessLogGenerator(sys.stdout)).action_logger is access.log_action
+    assert server(None).action_logger is None
