@@ -6,7 +6,6 @@ ids are dense and commit in id order: when id N is visible, every id < N is
 visible too. The Room's gap fill relies on exactly that. One statement stores a
 whole batch, across rooms (chat.delivery.writer).
 """
-import json
 from datetime import timezone
 
 from django.db import connection, transaction
@@ -87,10 +86,6 @@ FROM rooms r, (
 """
 
 
-def _json(value) -> str:
-    return json.dumps(value, ensure_ascii=False, separators=(",", ":"))
-
-
 def _ts(dt) -> str:
     return dt.astimezone(timezone.utc).isoformat(timespec="milliseconds").replace("+00:00", "Z")
 
@@ -129,7 +124,7 @@ class _Batch:
     def params(self) -> dict:
         items = self.items
         rows = [(ri, *items[pos][1:]) for ri, pos in zip(self.ris, self.sent)]
-        return {"names": _json(self.names), "rows": _json(rows)}
+        return {"names": protocol.dumps(self.names), "rows": protocol.dumps(rows)}
 
     def result(self, answer) -> list[tuple[dict, bool]]:
         lasts, created_at, ords, seqs, usernames, bodies, created_ats, inserted = answer
@@ -169,8 +164,8 @@ def store_batch(items) -> list[tuple[dict, bool]]:
     batch = _Batch(items)
     with connection.cursor() as cur:
         cur.execute(_PERSIST_SQL, batch.params())
-        (answer,) = cur.fetchone()
-        return batch.result(json.loads(answer) if isinstance(answer, str) else answer)
+        (answer,) = cur.fetchone()  # psycopg loads the json column
+        return batch.result(answer)
 
 
 async def store_batch_async(items) -> list[tuple[dict, bool]]:
