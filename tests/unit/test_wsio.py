@@ -118,6 +118,20 @@ def _drain(peer) -> bytes:
         out += chunk
 
 
+class _CountingSocket:
+    """A socket that records which connection each send() came from."""
+
+    def __init__(self, sock, conn, sends):
+        self._sock, self._conn, self._sends = sock, conn, sends
+
+    def send(self, data):
+        self._sends.append(self._conn)
+        return self._sock.send(data)
+
+    def __getattr__(self, name):
+        return getattr(self._sock, name)
+
+
 async def test_write_soon_sends_each_socket_once_per_loop_pass_in_order():
     """Frames written to idle sockets in one pass leave in one send() per socket,
     on the next pass, without the reactor registering anything; order is kept."""
@@ -128,8 +142,7 @@ async def test_write_soon_sends_each_socket_once_per_loop_pass_in_order():
     (a, peer_a), (b, peer_b) = _twisted_connection(), _twisted_connection()
     sends = []
     for conn in (a, b):
-        real = conn.writeSomeData
-        conn.writeSomeData = lambda data, conn=conn, real=real: sends.append(conn) or real(data)
+        conn.socket = _CountingSocket(conn.socket, conn, sends)
     try:
         write_soon(a, b"one ")
         write_soon(b, b"other")
@@ -144,6 +157,27 @@ async def test_write_soon_sends_each_socket_once_per_loop_pass_in_order():
             conn.stopWriting()
             conn.socket.close()
             peer.close()
+
+
+async def test_a_write_through_twisted_between_queued_frames_keeps_its_place():
+    """autobahn writes pings and close frames with transport.write(); one made while
+    frames wait for the flush leaves between them, in the order written."""
+    from twisted.internet import reactor
+
+    from wsworker.protocol import unsent_bytes, write_soon
+
+    conn, peer = _twisted_connection()
+    try:
+        write_soon(conn, b"one ")
+        conn.write(b"ping ")  # registers for writability, like autobahn's sendData
+        write_soon(conn, b"two")
+        await asyncio.sleep(0)
+        assert _drain(peer) == b"one ping two" and not unsent_bytes(conn)
+        assert conn.doWrite() is None and conn not in reactor.getWriters(), "nothing left for the reactor"
+    finally:
+        conn.stopWriting()
+        conn.socket.close()
+        peer.close()
 
 
 async def test_write_soon_leaves_what_the_kernel_refuses_to_the_reactor_and_queues_behind_it():
