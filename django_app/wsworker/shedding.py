@@ -27,7 +27,13 @@ def _check(server) -> None:
     """
     limit = conf.get("WS_MAX_SEND_BUFFER_BYTES")
     try:
-        for proto in list(server.connections):
+        # Only a socket waiting for writability can hold a backlog: Twisted registers
+        # every transport with unsent bytes as a writer until they are sent (and
+        # write_soon's flush does so for what the kernel refused). Looking at those
+        # alone keeps this check's cost off the sockets that keep up (all but a few
+        # of thousands), rather than touching every socket every second.
+        for transport in reactor.getWriters():
+            proto = getattr(transport, "protocol", None)
             if not isinstance(proto, WebSocketProtocol) or getattr(proto, "wsworker_shed", False):
                 continue
             backlog = unsent_bytes(proto.transport)
