@@ -29,7 +29,8 @@ from .reading import split_text_frames
 PRIVATE_INTERNALS = (
     ("autobahn.websocket.protocol.WebSocketServerProtocol", "_perMessageCompress"),  # send_frames
     ("autobahn.websocket.protocol.WebSocketServerProtocol", "send_queue"),  # send_frames
-    ("autobahn.websocket.protocol.WebSocketServerProtocol", "trafficStats"),  # send_frames
+    ("autobahn.websocket.protocol.WebSocketServerProtocol", "trafficStats"),  # send_frames, sendData
+    ("autobahn.websocket.protocol.WebSocketServerProtocol", "logOctets"),  # sendData, dataReceived
     ("autobahn.websocket.protocol.WebSocketServerProtocol", "sendCloseFrame"),  # serverClose
     ("autobahn.websocket.protocol.WebSocketServerProtocol", "CONFIG_ATTRS"),  # share_protocol_options
     ("autobahn.websocket.protocol.WebSocketServerProtocol", "closedByMe"),  # onClose (metrics)
@@ -55,6 +56,12 @@ PRIVATE_INTERNALS = (
     ("twisted.internet.tcp.Connection", "socket"),  # _flush
     ("daphne.server.Server", "connections"),  # drain, shedding, application_checker
     ("daphne.server.Server", "application_checker"),  # wsworker.server
+    ("daphne.server.Server", "timeout_checker"),  # wsworker.server
+    ("daphne.server.Server", "websocket_timeout"),  # WorkerServer.timeout_checker
+    ("daphne.server.Server", "ping_interval"),  # WorkerServer.timeout_checker
+    ("daphne.ws_protocol.WebSocketProtocol", "socket_opened"),  # WorkerServer.timeout_checker
+    ("daphne.ws_protocol.WebSocketProtocol", "last_ping"),  # WorkerServer.timeout_checker
+    ("autobahn.websocket.protocol.WebSocketServerProtocol", "_sendAutoPing"),  # WorkerServer.timeout_checker
     ("daphne.server.Server", "protocol_disconnected"),  # wsworker.server
     ("daphne.server.Server", "handle_reply"),  # create_application
     ("daphne.server.Server", "create_application"),  # wsworker.server
@@ -298,6 +305,21 @@ class WorkerWebSocketProtocol(WebSocketProtocol):
             self.sendCloseFrame(code=code, isReply=False)
         else:
             super().serverClose(code)
+
+    def sendData(self, data: bytes, sync: bool = False, chopsize: int | None = None) -> None:
+        """What autobahn writes itself (pings, pongs, close frames, the handshake's
+        response), through write_soon, without the debug line autobahn formats for
+        every call, logged or not (the method's name and the peer, in colour: half
+        the cost of a ping). Chopped, synchronous or queued writes, and octet
+        logging, stay autobahn's."""
+        if sync or chopsize or self.send_queue or self.logOctets:
+            super().sendData(data, sync, chopsize)
+            return
+        write_soon(self.transport, data)
+        if self.state == self.STATE_OPEN:
+            self.trafficStats.outgoingOctetsWireLevel += len(data)
+        elif self.state in (self.STATE_CONNECTING, self.STATE_PROXY_CONNECTING):
+            self.trafficStats.preopenOutgoingOctetsWireLevel += len(data)
 
     def send_frames(self, data: bytes) -> bool:
         """Write frames built by frame_text(); False if this socket needs the ASGI path.
