@@ -21,7 +21,7 @@ from daphne.ws_protocol import WebSocketProtocol
 from twisted.web.http import HTTPChannel
 
 from . import admission, metrics
-from .reading import split_text_frames
+from .reading import pong_payload, split_text_frames
 
 # Library internals this package relies on, each (class, attribute): an
 # attribute of the class, or one its methods set on `self`. Pinned by
@@ -41,6 +41,9 @@ PRIVATE_INTERNALS = (
     ("autobahn.websocket.protocol.WebSocketServerProtocol", "inside_message"),  # dataReceived
     ("autobahn.websocket.protocol.WebSocketServerProtocol", "autoPingTimeoutCall"),  # _took_text_frames
     ("autobahn.websocket.protocol.WebSocketServerProtocol", "_cancelAutoPingTimeoutCall"),  # _took_text_frames
+    ("autobahn.websocket.protocol.WebSocketServerProtocol", "autoPingPending"),  # _took_pong
+    ("autobahn.websocket.protocol.WebSocketServerProtocol", "autoPingPendingSent"),  # _took_pong
+    ("autobahn.websocket.protocol.WebSocketServerProtocol", "autoPingInterval"),  # _took_pong
     ("autobahn.websocket.protocol.WebSocketServerProtocol", "http_request_data"),  # _release_handshake
     ("autobahn.websocket.protocol.WebSocketServerProtocol", "http_response_data"),  # _release_handshake
     ("autobahn.websocket.protocol.WebSocketServerProtocol", "http_headers"),  # _release_handshake
@@ -202,6 +205,8 @@ class WorkerWebSocketProtocol(WebSocketProtocol):
         """
         if (self.state == self.STATE_OPEN and not self.data and self.current_frame is None
                 and not self.inside_message and not self.logFrames and not self.logOctets):
+            if data[0] == 0x8A and self._took_pong(data):
+                return
             texts, used = split_text_frames(data, self.READ_LIMIT)
             if used:
                 self._took_text_frames(texts, used)
@@ -230,6 +235,26 @@ class WorkerWebSocketProtocol(WebSocketProtocol):
             self.onMessage(text, False)
             if self.state != self.STATE_OPEN:
                 return
+
+    def _took_pong(self, data: bytes) -> bool:
+        """What autobahn does with the answer to its own keepalive ping (the
+        frame an idle socket sends, one per WS_PING_INTERVAL): traffic counters,
+        the ping's timeout cancelled, nothing pending. Its hooks for a pong
+        (onAutoPong, onPong) are no-ops that daphne does not override. False
+        (autobahn reads it) for anything else: a partial or unsolicited pong,
+        or one that does not echo the pending ping."""
+        payload = pong_payload(data)
+        if (payload is None or not self.autoPingPending or payload != self.autoPingPending
+                or self.autoPingInterval):
+            return False
+        stats = self.trafficStats
+        stats.incomingOctetsWireLevel += len(data)
+        stats.incomingOctetsWebSocketLevel += len(payload)
+        stats.incomingWebSocketFrames += 1
+        if self.autoPingTimeoutCall:
+            self.autoPingTimeoutCall.cancel()
+        self.autoPingPending = self.autoPingPendingSent = self.autoPingTimeoutCall = None
+        return True
 
     # Set by autobahn's server handshake (processHandshake, succeedHandshake) and read
     # by nothing once the socket is open.

@@ -14,6 +14,9 @@ frame that is anything else (a ping, a close, a binary or fragmented message, a
 protocol violation, an oversized or invalid payload, a partial frame), and the
 caller hands everything from there to autobahn, which answers as it always did
 (pong, close handshake, 1002, 1007, 1009), in order.
+
+pong_payload() does the same for the other frame every idle socket sends: the
+answer to the server's keepalive ping, one per socket per WS_PING_INTERVAL.
 """
 
 MAX_SHORT = 125  # payload lengths up to this are in the header's second byte
@@ -52,6 +55,17 @@ def split_text_frames(data: bytes, limit: int) -> tuple[list[bytes], int]:
         texts.append(payload)
         pos = end
     return texts, pos
+
+
+def pong_payload(data: bytes) -> bytes | None:
+    """The payload when `data` is exactly one complete, masked, final pong frame; else None."""
+    if len(data) < 6 or data[0] != 0x8A:  # FIN + pong, no RSV bits
+        return None
+    second = data[1]
+    length = second & 0x7F
+    if not second & 0x80 or length > MAX_SHORT or len(data) != 6 + length:
+        return None
+    return _unmask(data[2:6], data[6:], length)
 
 
 def _unmask(mask: bytes, masked: bytes, length: int) -> bytes:

@@ -14,7 +14,7 @@ from websockets.frames import Close, Frame, Opcode
 from websockets.streams import StreamReader
 
 from tests.rawws import upgrade
-from wsworker.reading import split_text_frames
+from wsworker.reading import pong_payload, split_text_frames
 
 from .conftest import free_port
 from .test_wsworker import _start_worker, _stop
@@ -90,6 +90,28 @@ def test_a_partial_frame_is_left_for_the_next_read():
         texts, used = split_text_frames(data[:cut], 0)
         assert used == max(e for e in ends | {0} if e <= cut)
         assert texts == [b"one", b"two" * 50][:[0, len(text("one")), len(data)].index(used)]
+
+
+@pytest.mark.parametrize("length", [0, 1, 12, 125])
+def test_a_whole_pong_reads_back_its_payload(length):
+    body = bytes(range(length))
+    assert pong_payload(client_frame(Opcode.PONG, body)) == body
+
+
+NOT_ONE_PONG = {
+    "partial": client_frame(Opcode.PONG, b"x" * 12)[:-1],
+    "pong then a message": client_frame(Opcode.PONG, b"x" * 12) + text("hi"),
+    "unmasked (1002)": Frame(Opcode.PONG, b"x" * 12).serialize(mask=False),
+    "not final (1002)": bytes([0x0A]) + client_frame(Opcode.PONG, b"x")[1:],
+    "RSV1 (1002)": _rsv1(client_frame(Opcode.PONG, b"x")),
+    "ping": client_frame(Opcode.PING, b"x" * 12),
+    "text": text("x" * 12),
+}
+
+
+@pytest.mark.parametrize("data", NOT_ONE_PONG.values(), ids=NOT_ONE_PONG.keys())
+def test_anything_but_one_whole_pong_is_left_to_autobahn(data):
+    assert pong_payload(data) is None
 
 
 # --- the real worker: autobahn still answers what the fast path leaves to it ------------
