@@ -57,7 +57,8 @@ PRIVATE_INTERNALS = (
     ("twisted.internet.abstract.FileDescriptor", "_tempDataBuffer"),  # write_soon
     ("twisted.internet.tcp.Connection", "TLS"),  # write_soon
     ("twisted.internet.tcp.Connection", "socket"),  # _flush
-    ("daphne.server.Server", "connections"),  # drain, shedding, application_checker
+    ("twisted.internet.tcp.Connection", "protocol"),  # shedding (a writer's protocol)
+    ("daphne.server.Server", "connections"),  # drain, application_checker, timeout_checker
     ("daphne.server.Server", "application_checker"),  # wsworker.server
     ("daphne.server.Server", "timeout_checker"),  # wsworker.server
     ("daphne.server.Server", "websocket_timeout"),  # WorkerServer.timeout_checker
@@ -132,7 +133,8 @@ def _flush() -> None:
 
     Twisted's doWrite would do the same send through four more calls per socket
     (its buffer shuffle, writeSomeData, a memoryview slice, stopWriting for a
-    registration that never happened): a third of a small room's delivery cost.
+    registration that never happened): in small rooms nearly every delivery is
+    one such socket (G200x15: +4 % deliveries per CPU-second, docs/benchmarks.md).
     Anything but a plain success goes back to Twisted: what the kernel did not
     take waits in its buffer for writability, and a send() error (a client that
     vanished) is left for doWrite to report as the connection's loss.
