@@ -29,8 +29,8 @@ from .reading import pong_payload, split_text_frames
 PRIVATE_INTERNALS = (
     ("autobahn.websocket.protocol.WebSocketServerProtocol", "_perMessageCompress"),  # send_frames
     ("autobahn.websocket.protocol.WebSocketServerProtocol", "send_queue"),  # send_frames
-    ("autobahn.websocket.protocol.WebSocketServerProtocol", "trafficStats"),  # send_frames, sendData
-    ("autobahn.websocket.protocol.WebSocketServerProtocol", "logOctets"),  # sendData, dataReceived
+    ("autobahn.websocket.protocol.WebSocketServerProtocol", "trafficStats"),  # send_frames
+    ("autobahn.websocket.protocol.WebSocketServerProtocol", "logOctets"),  # dataReceived
     ("autobahn.websocket.protocol.WebSocketServerProtocol", "sendCloseFrame"),  # serverClose
     ("autobahn.websocket.protocol.WebSocketServerProtocol", "CONFIG_ATTRS"),  # share_protocol_options
     ("autobahn.websocket.protocol.WebSocketServerProtocol", "closedByMe"),  # onClose (metrics)
@@ -332,21 +332,6 @@ class WorkerWebSocketProtocol(WebSocketProtocol):
             self.sendCloseFrame(code=code, isReply=False)
         else:
             super().serverClose(code)
-
-    def sendData(self, data: bytes, sync: bool = False, chopsize: int | None = None) -> None:
-        """What autobahn writes itself (pings, pongs, close frames, the handshake's
-        response), through write_soon, without the debug line autobahn formats for
-        every call, logged or not (the method's name and the peer, in colour: half
-        the cost of a ping). Chopped, synchronous or queued writes, and octet
-        logging, stay autobahn's."""
-        if sync or chopsize or self.send_queue or self.logOctets:
-            super().sendData(data, sync, chopsize)
-            return
-        write_soon(self.transport, data)
-        if self.state == self.STATE_OPEN:
-            self.trafficStats.outgoingOctetsWireLevel += len(data)
-        elif self.state in (self.STATE_CONNECTING, self.STATE_PROXY_CONNECTING):
-            self.trafficStats.preopenOutgoingOctetsWireLevel += len(data)
 
     def send_frames(self, data: bytes) -> bool:
         """Write frames built by frame_text(); False if this socket needs the ASGI path.
