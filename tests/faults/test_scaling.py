@@ -81,8 +81,13 @@ async def test_scale_out_2_to_3_rebalances_without_loss(figures):
         assert idle.lost == 0 and idle.duplicated == 0 and idle.reordered == 0, idle
         assert idle.stopped == 0, idle.problems[:3]
         assert_no_loss(chat)
-        # Close to the fewest moves possible, not a multiple of it.
-        assert minimum <= closes <= 1.3 * minimum + 5, (closes, minimum)
+        assert balanced(open_per_worker(health)), health  # and it stays so
+        # Close to the fewest moves possible, not a multiple of it. A few short of it is
+        # allowed: a worker fixes its target from a census snapshot, where a socket another
+        # worker has just closed can still be in that worker's entry (written up to a
+        # second earlier) and already in the receiver's, so the target can be a few
+        # sockets high (seen: 194 and 195 closes for 200 on a loaded machine).
+        assert 0.9 * minimum <= closes <= 1.3 * minimum + 5, (closes, minimum)
     finally:
         if load is not None:
             await load.close()
