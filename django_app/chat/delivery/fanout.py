@@ -104,6 +104,10 @@ class Room:
         self.group = group_name(name)
         self.waiting = 0  # messages submitted to the Writer, not yet stored or refused
         self.sockets: set = set()
+        # Every socket that ever joined takes pre-built frames (wsworker): then a run can
+        # be handed over without awaiting (_deliver_soon). One ASGI socket turns it off
+        # for the Room's life; a process serves all its sockets with one server anyway.
+        self.framed_only = True
         self.joining = 0  # connects in progress: the Room must not close under them
         self.closed = False
         self.position = 0  # highest id handed to the local sockets (contiguous)
@@ -262,6 +266,8 @@ class Room:
                     await consumer.close(code=protocol.CLOSE_OVERLOADED)
                     return
                 if consumer.last_id >= self.position:
+                    if consumer.frames is None:
+                        self.framed_only = False
                     self.sockets.add(consumer)
                     return
                 texts = await self._texts_after(consumer.last_id)
@@ -312,15 +318,14 @@ class Room:
         a catch-up, more than RUN_MAX, or a socket without frames: the loop does it.
         """
         self.soon = False
-        sockets = list(self.sockets)
         if (not self.idle or self.closed or self.catch_up or self.position + 1 not in self.pending
-                or any(c.frames is None for c in sockets)):
+                or not self.framed_only):
             if self.pending or self.catch_up:
                 self.wake.set()
             return
         texts = self._take_run()
         run = self._advance(self.position + 1, texts)
-        for consumer in sockets:
+        for consumer in self._send_run(run, list(self.sockets)):
             skip = self._skip(consumer, run)
             if skip is None:
                 continue
@@ -472,7 +477,7 @@ class Room:
         RUN_MAX) at once, so a burst costs each socket one send, not one per message.
         """
         run = self._advance(first, texts)
-        for consumer in list(self.sockets):
+        for consumer in self._send_run(run, list(self.sockets)):
             skip = self._skip(consumer, run)
             if skip is None:
                 continue
@@ -481,6 +486,46 @@ class Room:
             except Exception:
                 logger.warning("room %s: send to one socket failed", self.name, exc_info=True)
         metrics.delivered(texts)  # publish-to-deliver lag, once per message per worker
+
+    def _send_run(self, run: "Run", sockets: list) -> list:
+        """Write `run` to every socket that is exactly one run behind and takes pre-built
+        frames; return the others, for _skip() and deliver().
+
+        That is nearly every socket of every run, so this is the fan-out's inner loop:
+        per socket one comparison and one call of the server's send, nothing awaited
+        (a socket's frames are written in the order its runs come). The rest (the
+        sender, who already has the first few; a closed socket; an ASGI socket; one
+        that refuses pre-built frames) take the general path, whose rules (_skip,
+        deliver, deliver_now) are unchanged.
+        """
+        before = run.first - 1
+        last = before + len(run.texts)
+        rest = []
+        frame = data = None
+        sent = 0
+        for consumer in sockets:
+            frames = consumer.frames
+            if frames is None or consumer.last_id != before or consumer.closed:
+                rest.append(consumer)
+                continue
+            if frames[0] is not frame:
+                frame = frames[0]
+                data = run.frames(frame)
+            try:
+                taken = frames[1](data)
+            except Exception:
+                # As on the general path: logged, and the socket's position moves on.
+                logger.warning("room %s: send to one socket failed", self.name, exc_info=True)
+                taken = None
+            if taken is False:
+                rest.append(consumer)  # no pre-built frames (compression): deliver() decides
+                continue
+            consumer.last_id = last
+            if taken:
+                sent += 1
+        if sent:
+            worker.deliveries["framed"] += sent
+        return rest
 
 
 class Run:
