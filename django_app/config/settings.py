@@ -145,6 +145,12 @@ _layer_connection = {
     "socket_connect_timeout": 5,
     # Detects a half-dead connection on an otherwise idle subscriber.
     "health_check_interval": 30,
+    # RESP2, redis-py's default before 8: a pub/sub message is then a plain reply.
+    # Under RESP3 (8's default) each one also goes through the push-notification
+    # handlers, which format it into a debug line whether or not it is logged:
+    # ~2 us per message read on a worker (docs/benchmarks.md). Nothing here uses
+    # what RESP3 adds (client-side caching, maintenance notifications).
+    "protocol": 2,
 }
 
 

@@ -5,6 +5,9 @@ import importlib
 
 import pytest
 from channels.layers import get_channel_layer
+from channels_redis.pubsub import RedisPubSubChannelLayer
+from channels_redis.utils import decode_hosts
+from django.conf import settings
 
 from chat.delivery.redislayer import PRIVATE_INTERNALS, listen, publish_many
 
@@ -112,11 +115,28 @@ async def test_two_listeners_share_the_group_until_the_last_one_stops():
     await _until(lambda: _unsubscribed("listen-c"))
 
 
-async def test_a_burst_is_handed_over_without_a_read_per_message_and_unsubscribes_still_land():
+@pytest.fixture(params=[2, 3], ids=["resp2", "resp3"])
+async def layer_speaking(request):
+    """The project's layer, speaking RESP2 (the project's setting) or RESP3 (redis-py 8's
+    default, where pub/sub messages arrive as push notifications)."""
+    config = settings.CHANNEL_LAYERS["default"]["CONFIG"]
+    hosts = [{**host, "protocol": request.param} for host in decode_hosts(config["hosts"])]
+    layer = RedisPubSubChannelLayer(**{**config, "hosts": hosts})
+    yield layer
+    await layer.flush()
+
+
+def test_the_layer_speaks_resp2():
+    """RESP3 sends every pub/sub message through redis-py's push handlers, which format
+    a debug line per message (settings._layer_connection)."""
+    assert all(host.get("protocol") == 2 for host in decode_hosts(settings.CHANNEL_LAYERS["default"]["CONFIG"]["hosts"]))
+
+
+async def test_a_burst_is_handed_over_without_a_read_per_message_and_unsubscribes_still_land(layer_speaking):
     """receive_loop(): what Redis sent in one go reaches the callbacks in order with
     far fewer get_message() calls than messages; an UNSUBSCRIBE answered in the
     middle of a burst still updates redis-py's subscription state."""
-    layer = get_channel_layer()
+    layer = layer_speaking
     got = {"burst-a": [], "burst-b": []}
     done = asyncio.Event()
 
