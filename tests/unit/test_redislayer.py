@@ -34,6 +34,25 @@ async def test_publish_many_reaches_group_members_in_order():
     await layer.group_discard("pipe-b", channel)
 
 
+async def test_publish_many_still_publishes_after_redis_forgot_its_script():
+    """A restarted Redis has no scripts: the publish loads it again, nothing is lost."""
+    from redis import asyncio as aioredis
+
+    layer = get_channel_layer()
+    channel = await layer.new_channel(prefix="pipetest.")
+    await layer.group_add("pipe-c", channel)
+    await publish_many(layer, [("pipe-c", {"type": "chat.message", "id": 1, "text": "before"})])
+    client = aioredis.Redis.from_url(settings.REDIS_URL)
+    try:
+        await client.script_flush()
+    finally:
+        await client.aclose()
+    await publish_many(layer, [("pipe-c", {"type": "chat.message", "id": n, "text": "after"}) for n in (2, 3)])
+    got = [await asyncio.wait_for(layer.receive(channel), 5) for _ in range(3)]
+    assert [e["id"] for e in got] == [1, 2, 3]
+    await layer.group_discard("pipe-c", channel)
+
+
 async def _redis_subscriptions(*groups):
     """(subscribers of each group's channel, every channel this Redis has subscribers on)."""
     from django.conf import settings

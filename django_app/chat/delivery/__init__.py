@@ -7,7 +7,7 @@ In the order a message takes:
   the senders and hands each message to this worker's own sockets.
 - store: the only SQL that writes or reads chat history (dense per-room ids);
   db: the Writer's own async connection for that statement.
-- publisher (+ redislayer): then publishes, in order, in one Redis pipeline
+- publisher (+ redislayer): then publishes, in order, in one Redis command
   per batch, bounded in time: a slow Redis never holds up the Writer.
 - fanout: one Room per room per worker, one Redis subscription each; id
   order, gap fill from Postgres, history cache, one write per socket per run.

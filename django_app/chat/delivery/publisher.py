@@ -10,7 +10,7 @@ stored, and the other workers' Rooms get them from Postgres (gap fill on the
 next message, the quiet-room check, or the resync after Redis comes back).
 PUBLISH_QUEUE_MAX bounds the queue the same way.
 
-Whatever is queued goes out in one pipeline per shard (chat.delivery.redislayer),
+Whatever is queued goes out in one command per shard (chat.delivery.redislayer),
 so a batch stored in one statement is also published in one round trip.
 """
 import asyncio
@@ -27,7 +27,7 @@ from .redislayer import publish_many
 logger = logging.getLogger(__name__)
 
 PUBLISH_QUEUE_MAX = 50_000
-PUBLISH_BATCH_MAX = 500  # publishes per pipeline (chat.delivery.redislayer)
+PUBLISH_BATCH_MAX = 500  # publishes per command (chat.delivery.redislayer)
 
 
 class Publisher:
@@ -58,7 +58,7 @@ class Publisher:
             batch = [self.queue.popleft() for _ in range(count)]
             try:
                 # asyncio.timeout, not wait_for: wait_for (3.11) runs the publish as a
-                # Task of its own, two more loop passes per pipeline.
+                # Task of its own, two more loop passes per batch.
                 async with asyncio.timeout(timeout):
                     await publish_many(layer, batch)
             except asyncio.CancelledError:

@@ -4,10 +4,15 @@ per subscriber, on channels_redis's own connections.
 channels_redis's group_send takes the shard's lock and awaits one PUBLISH, a
 round trip each: the Writer stores a batch of messages in one statement, then
 would pay one round trip per message to publish them. publish_many() sends a
-whole batch per shard in one pipeline instead: same channel names, same
-serialisation, same shard choice and the same connection (so Sentinel and
-sharding settings apply unchanged), about 5x less CPU per message
-(docs/benchmarks.md).
+whole batch per shard as ONE command instead, a server-side script that runs
+PUBLISH for each (channel, message) pair, in order (PUBLISH_SCRIPT, through
+redis-py's Script: EVALSHA, loaded again by itself after a Redis restart): same
+channel names, same serialisation, same shard choice and the same connection
+(so Sentinel and sharding settings apply unchanged). A pipeline of PUBLISHes
+did the same in one round trip, but redis-py packs, wraps and parses each
+command of a pipeline in Python: the script costs a worker 4-6 us less per
+message and ~20 us less per batch (docs/benchmarks.md). Scripting must be
+allowed for the layer's Redis user (the default; an ACL needs +@scripting).
 
 listen() subscribes a callback to a group. channels_redis hands each message to
 a per-channel asyncio.Queue that a task must await (layer.receive): per message
@@ -62,8 +67,19 @@ PRIVATE_INTERNALS = (
 DRAIN_MAX = 1000  # replies handed over per message read, before the loop reads again
 
 
+# ARGV: channel, message, channel, message, ... Returns how many it published.
+PUBLISH_SCRIPT = """
+for i = 1, #ARGV, 2 do
+    redis.call('PUBLISH', ARGV[i], ARGV[i + 1])
+end
+return #ARGV / 2
+"""
+_publish_script = None  # redis.commands.core.AsyncScript: its sha, run on each shard's client
+
+
 async def publish_many(layer, items) -> None:
-    """group_send every (group, event) of `items`, in order, one pipeline per shard."""
+    """group_send every (group, event) of `items`, in order, one command per shard."""
+    global _publish_script
     if not isinstance(layer, RedisPubSubChannelLayer):
         for group, event in items:
             await layer.group_send(group, event)
@@ -72,14 +88,13 @@ async def publish_many(layer, items) -> None:
     by_shard: dict = {}
     for group, event in items:
         channel = loop_layer._get_group_channel_name(group)
-        by_shard.setdefault(loop_layer._get_shard(channel), []).append((channel, layer.serialize(event)))
-    for shard, messages in by_shard.items():
+        by_shard.setdefault(loop_layer._get_shard(channel), []).extend((channel, layer.serialize(event)))
+    for shard, args in by_shard.items():
         async with shard._lock:
             shard._ensure_redis()
-            pipe = shard._redis.pipeline(transaction=False)
-            for channel, data in messages:
-                pipe.publish(channel, data)
-            await pipe.execute()
+            if _publish_script is None:
+                _publish_script = shard._redis.register_script(PUBLISH_SCRIPT)
+            await _publish_script(args=args, client=shard._redis)
 
 
 class _Sink:
