@@ -50,7 +50,7 @@ def free_port() -> int:
 class Client:
     """A WebsocketCommunicator with JSON helpers and bounded waits."""
 
-    def __init__(self, path, headers=None, origin=True, framed=False):
+    def __init__(self, path, headers=None, origin=True, framed=False, refuse_frames=False):
         hdrs = list(headers or [])
         if origin:
             hdrs.append(ORIGIN)
@@ -61,6 +61,8 @@ class Client:
             # the raw-frame path (and Room._deliver_soon). Here a "frame" is the text and a
             # newline (JSON text holds none raw), and a write hands each text to the test.
             def send(data: bytes) -> bool:
+                if refuse_frames:
+                    return False  # as a server does for a socket that negotiated compression
                 texts = data.split(b"\n")[:-1]
                 self.writes.append(len(texts))
                 for text in texts:

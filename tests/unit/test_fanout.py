@@ -78,6 +78,21 @@ async def test_an_idle_room_writes_what_one_loop_pass_brought_at_once_without_wa
     await client.close()
 
 
+async def test_a_socket_refusing_pre_built_frames_resumes_and_the_others_get_the_message():
+    """A socket the server will not give pre-built frames (e.g. one with compression)
+    cannot get an idle Room's run without awaiting: it is closed with 1012 to resume
+    from its last id, and the room's other sockets get the message as usual."""
+    other, _ = await welcome("/ws/chat/refusing/", framed=True)
+    refusing, _ = await welcome("/ws/chat/refusing/", framed=True, refuse_frames=True)
+    room = fanout.rooms()["refusing"]
+    await asyncio.wait_for(_until(lambda: room.idle and len(room.sockets) == 2), 5)
+    msg = await persist("refusing", None, "w1", "one")
+    room._on_event({"type": fanout.MESSAGE_TYPE, "id": msg["id"], "text": protocol.dumps(msg)})
+    assert (await other.recv())["message"] == "one"
+    assert await refusing.closed_with() == protocol.CLOSE_RESTART
+    await other.close()
+
+
 async def _until(predicate):
     while not predicate():
         await asyncio.sleep(0.01)
