@@ -53,6 +53,46 @@ async def test_publish_many_still_publishes_after_redis_forgot_its_script():
     await layer.group_discard("pipe-c", channel)
 
 
+@pytest.fixture
+async def layer_without_scripting(monkeypatch):
+    """The project's layer, logged in as a Redis ACL user that may do anything but run scripts."""
+    from urllib.parse import urlsplit, urlunsplit
+
+    from redis import asyncio as aioredis
+
+    from chat.delivery import redislayer
+
+    monkeypatch.setattr(redislayer, "_scripts_refused", False)
+    admin = aioredis.Redis.from_url(settings.REDIS_URL)
+    await admin.execute_command("ACL", "SETUSER", "noscripts", "reset", "on", ">noscripts-pw", "~*", "&*", "+@all", "-@scripting")
+    url = urlsplit(settings.REDIS_URL)
+    address = urlunsplit(url._replace(netloc=f"noscripts:noscripts-pw@{url.hostname}:{url.port or 6379}"))
+    config = settings.CHANNEL_LAYERS["default"]["CONFIG"]
+    hosts = [{**host, "address": address} for host in decode_hosts(config["hosts"])]
+    layer = RedisPubSubChannelLayer(**{**config, "hosts": hosts})
+    try:
+        yield layer
+    finally:
+        await layer.flush()
+        await admin.execute_command("ACL", "DELUSER", "noscripts")
+        await admin.aclose()
+
+
+async def test_a_redis_user_without_scripting_still_publishes_at_once_and_is_told_once(layer_without_scripting, caplog):
+    """NOPERM on the script: the batch and every later one go out as a pipeline, in order;
+    one warning names what to allow."""
+    layer = get_channel_layer()
+    channel = await layer.new_channel(prefix="pipetest.")
+    await layer.group_add("pipe-d", channel)
+    await publish_many(layer_without_scripting, [("pipe-d", {"type": "chat.message", "id": n, "text": "x"}) for n in (1, 2)])
+    await publish_many(layer_without_scripting, [("pipe-d", {"type": "chat.message", "id": 3, "text": "y"})])
+    got = [await asyncio.wait_for(layer.receive(channel), 5) for _ in range(3)]
+    assert [e["id"] for e in got] == [1, 2, 3]
+    warnings = [r.getMessage() for r in caplog.records if "refused the publish script" in r.getMessage()]
+    assert len(warnings) == 1 and "+@scripting" in warnings[0], warnings
+    await layer.group_discard("pipe-d", channel)
+
+
 async def _redis_subscriptions(*groups):
     """(subscribers of each group's channel, every channel this Redis has subscribers on)."""
     from django.conf import settings

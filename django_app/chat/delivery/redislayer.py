@@ -12,7 +12,9 @@ channel names, same serialisation, same shard choice and the same connection
 did the same in one round trip, but redis-py packs, wraps and parses each
 command of a pipeline in Python: the script costs a worker 4-6 us less per
 message and ~20 us less per batch (docs/benchmarks.md). Scripting must be
-allowed for the layer's Redis user (the default; an ACL needs +@scripting).
+allowed for the layer's Redis user (the default; an ACL needs +@scripting):
+when Redis answers NOPERM, the worker says so once and publishes with such a
+pipeline from then on (_publish_pipelined), so messages still go out at once.
 
 listen() subscribes a callback to a group. channels_redis hands each message to
 a per-channel asyncio.Queue that a task must await (layer.receive): per message
@@ -40,6 +42,7 @@ import uuid
 
 from channels_redis.pubsub import RedisPubSubChannelLayer
 from redis._parsers.hiredis import NOT_ENOUGH_DATA
+from redis.exceptions import NoPermissionError
 
 logger = logging.getLogger(__name__)
 
@@ -75,6 +78,8 @@ end
 return #ARGV / 2
 """
 _publish_script = None  # redis.commands.core.AsyncScript: its sha, run on each shard's client
+# Set for good (this process) when Redis refused the script to the layer's user.
+_scripts_refused = False
 
 
 async def publish_many(layer, items) -> None:
@@ -92,9 +97,37 @@ async def publish_many(layer, items) -> None:
     for shard, args in by_shard.items():
         async with shard._lock:
             shard._ensure_redis()
-            if _publish_script is None:
-                _publish_script = shard._redis.register_script(PUBLISH_SCRIPT)
-            await _publish_script(args=args, client=shard._redis)
+            if not _scripts_refused:
+                if _publish_script is None:
+                    _publish_script = shard._redis.register_script(PUBLISH_SCRIPT)
+                try:
+                    await _publish_script(args=args, client=shard._redis)
+                    continue
+                except NoPermissionError as exc:
+                    _refused(exc)
+            await _publish_pipelined(shard._redis, args)
+
+
+def _refused(exc) -> None:
+    """The layer's Redis user may not run scripts (an ACL without +@scripting).
+
+    Redis checks the ACL before it runs a command, so nothing of the batch went
+    out: it is published again as a pipeline, and so is every later batch.
+    """
+    global _scripts_refused
+    _scripts_refused = True
+    logger.warning(
+        "publish: Redis refused the publish script to the channel layer's user (%s); publishing with "
+        "pipelines of PUBLISH from now on, at more CPU per message. Allow +@scripting for that user "
+        "(docs/reliability.md) and restart the workers to use the script again.", exc)
+
+
+async def _publish_pipelined(client, args) -> None:
+    """The same PUBLISHes, in order, in one round trip, each packed by redis-py."""
+    pipe = client.pipeline(transaction=False)
+    for i in range(0, len(args), 2):
+        pipe.publish(args[i], args[i + 1])
+    await pipe.execute()
 
 
 class _Sink:
