@@ -112,6 +112,9 @@ def markdown(results):
         lines.append(f"| {name} | {_fmt(value)} | {'yes' if ok else '**no**'} |")
     lines += ["", "Every scenario and stack (deliveries per ws CPU-s: the server processes' own CPU, from the first "
               "send of the knee step to the end of its drain):", "", report_rooms.markdown(results)]
+    same = report_rooms.same_load_markdown(results)
+    if same:
+        lines += ["", same]
     tm = report_rooms.targets_markdown(results)
     if tm:
         lines += ["", tm]

@@ -7,6 +7,11 @@ processes for the Socket.IO peer; never nginx or the load generator), p99 at
 the knee, and Postgres transactions per stored message ("n/a" for stacks that
 store nothing). Fixed-rate scenarios (one step, e.g. SPARSE100x4) report their
 one step in the knee columns.
+
+Deliveries per ws CPU-second at each stack's own knee compare different loads,
+and both stacks get cheaper per delivery as the load rises (more messages per
+wake-up and per write). same_load() compares the two stacks doing the same
+work: the highest offered rate both delivered loss-free in the scenario.
 """
 
 TARGET_MANY_VS_N10 = 0.5  # many-room knee >= 50 % of the same run's N10 knee
@@ -64,6 +69,32 @@ def rows(results):
     return out
 
 
+def same_load(results, name, a="ours", b="socketio"):
+    """(offered rate, a's and b's deliveries per ws CPU-s) at the highest step both passed, or None."""
+    passed = [{s["target_per_s"]: s for s in _res(results, label, name).get("steps") or [] if s.get("ok")}
+              for label in (a, b)]
+    common = set(passed[0]) & set(passed[1])
+    if not common:
+        return None
+    rate = max(common)
+    return rate, passed[0][rate].get("deliveries_per_ws_cpu_s"), passed[1][rate].get("deliveries_per_ws_cpu_s")
+
+
+def same_load_markdown(results, a="ours", b="socketio"):
+    lines = []
+    for name in results["scenarios"]:
+        found = same_load(results, name, a, b)
+        if found and found[1] and found[2]:
+            rate, x, y = found
+            lines.append(f"| {name} | {rate:,} | {_f(x)} | {_f(y)} | {x / y:.2f}× |")
+    if not lines:
+        return ""
+    return "\n".join([f"Same offered load, the highest step both {a} and {b} passed loss-free "
+                      "(deliveries per ws CPU-s):", "",
+                      f"| scenario | offered deliveries/s | {a} | {b} | {a} ÷ {b} |",
+                      "| --- | ---: | ---: | ---: | ---: |"] + lines)
+
+
 def _f(v, suffix=""):
     if v is None:
         return "—"
@@ -113,6 +144,11 @@ def targets(results):
             o, p = by[(name, "ours")]["per_ws_cpu_s"], peer["per_ws_cpu_s"]
             out.append((f"{name}: ahead of Socket.IO in deliveries per server CPU-s",
                         f"{_f(o)} vs {_f(p)}", bool(o and p and o > p)))
+            found = same_load(results, name)
+            if found and not is_sparse(res):
+                rate, o, p = found
+                out.append((f"{name}: the same, at the same load ({rate:,} deliveries/s offered)",
+                            f"{_f(o)} vs {_f(p)}", bool(o and p and o > p)))
             if not is_sparse(res):
                 o, p = by[(name, "ours")]["knee_per_s"], peer["knee_per_s"]
                 out.append((f"{name}: ahead of Socket.IO in loss-free knee", f"{_f(o)} vs {_f(p)}",

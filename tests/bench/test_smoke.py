@@ -93,6 +93,19 @@ def test_comparison_table(smoke):
     assert "Socket.IO 4 + redis-adapter (peer, no persistence)" in md
 
 
+def test_same_load_comparison(smoke):
+    """Ours and the peer at the same offered rate: the highest step both passed, per scenario."""
+    out, results, _stdout = smoke
+    md = (out / "results.md").read_text()
+    table = md.split("Same offered load", 1)[1].split("\n\n")[1].splitlines()
+    for name in SCENARIOS:
+        passed = [{s["target_per_s"] for s in results["stacks"][label]["fanout"][name]["steps"] if s["ok"]}
+                  for label in ("ours", "socketio")]
+        row = next(line for line in table if line.startswith(f"| {name} | "))
+        assert row.split(" | ")[1] == f"{max(passed[0] & passed[1]):,}", row
+        assert row.rstrip().endswith("× |"), row
+
+
 @pytest.mark.parametrize("label", ["baseline", "ours"])
 def test_idle_capacity_is_measured(smoke, label):
     _out, results, _stdout = smoke
