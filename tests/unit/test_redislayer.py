@@ -88,9 +88,59 @@ async def test_a_redis_user_without_scripting_still_publishes_at_once_and_is_tol
     await publish_many(layer_without_scripting, [("pipe-d", {"type": "chat.message", "id": 3, "text": "y"})])
     got = [await asyncio.wait_for(layer.receive(channel), 5) for _ in range(3)]
     assert [e["id"] for e in got] == [1, 2, 3]
-    warnings = [r.getMessage() for r in caplog.records if "refused the publish script" in r.getMessage()]
+    warnings = [r.getMessage() for r in caplog.records if "will not run the publish script" in r.getMessage()]
     assert len(warnings) == 1 and "+@scripting" in warnings[0], warnings
     await layer.group_discard("pipe-d", channel)
+
+
+@pytest.fixture
+def redis_without_evalsha(tmp_path, monkeypatch):
+    """A real Redis whose config renames EVALSHA away, as some hardened or managed ones do."""
+    import subprocess
+
+    from chat.delivery import redislayer
+    from .conftest import free_port
+
+    monkeypatch.setattr(redislayer, "_scripts_refused", False)
+    port = free_port()
+    proc = subprocess.Popen(["redis-server", "--port", str(port), "--bind", "127.0.0.1", "--save", "",
+                             "--appendonly", "no", "--dir", str(tmp_path), "--rename-command", "EVALSHA", ""],
+                            stdout=subprocess.DEVNULL)
+    try:
+        yield port
+    finally:
+        proc.terminate()
+        proc.wait(10)
+
+
+async def test_a_redis_without_evalsha_still_gets_every_publish(redis_without_evalsha, caplog):
+    """EVALSHA renamed away answers "unknown command": published as a pipeline instead, in order."""
+    from redis import asyncio as aioredis
+    from redis.exceptions import ConnectionError as RedisConnectionError
+
+    url = f"redis://127.0.0.1:{redis_without_evalsha}/0"
+    client = aioredis.Redis.from_url(url)
+    deadline = asyncio.get_running_loop().time() + 10
+    while True:
+        try:
+            await client.ping()
+            break
+        except RedisConnectionError:
+            assert asyncio.get_running_loop().time() < deadline, "the test Redis did not start"
+            await asyncio.sleep(0.05)
+    await client.aclose()
+    config = settings.CHANNEL_LAYERS["default"]["CONFIG"]
+    layer = RedisPubSubChannelLayer(**{**config, "hosts": [{"address": url, "protocol": 2}]})
+    try:
+        channel = await layer.new_channel(prefix="pipetest.")
+        await layer.group_add("pipe-e", channel)
+        await publish_many(layer, [("pipe-e", {"type": "chat.message", "id": n, "text": "z"}) for n in (1, 2, 3)])
+        got = [await asyncio.wait_for(layer.receive(channel), 5) for _ in range(3)]
+        assert [e["id"] for e in got] == [1, 2, 3]
+        assert any("unknown command" in r.getMessage() for r in caplog.records
+                   if "will not run the publish script" in r.getMessage())
+    finally:
+        await layer.flush()
 
 
 async def _redis_subscriptions(*groups):

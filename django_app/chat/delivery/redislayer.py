@@ -13,8 +13,9 @@ did the same in one round trip, but redis-py packs, wraps and parses each
 command of a pipeline in Python: the script costs a worker 4-6 us less per
 message and ~20 us less per batch (docs/benchmarks.md). Scripting must be
 allowed for the layer's Redis user (the default; an ACL needs +@scripting):
-when Redis answers NOPERM, the worker says so once and publishes with such a
-pipeline from then on (_publish_pipelined), so messages still go out at once.
+when Redis refuses the script (NOPERM, or EVALSHA renamed away: unknown
+command), the worker says so once and publishes with such a pipeline from then
+on (_publish_pipelined), so messages still go out at once.
 
 listen() subscribes a callback to a group. channels_redis hands each message to
 a per-channel asyncio.Queue that a task must await (layer.receive): per message
@@ -42,7 +43,7 @@ import uuid
 
 from channels_redis.pubsub import RedisPubSubChannelLayer
 from redis._parsers.hiredis import NOT_ENOUGH_DATA
-from redis.exceptions import NoPermissionError
+from redis.exceptions import NoPermissionError, ResponseError
 
 logger = logging.getLogger(__name__)
 
@@ -103,23 +104,29 @@ async def publish_many(layer, items) -> None:
                 try:
                     await _publish_script(args=args, client=shard._redis)
                     continue
-                except NoPermissionError as exc:
+                except ResponseError as exc:
+                    if not _script_refused(exc):
+                        raise
                     _refused(exc)
             await _publish_pipelined(shard._redis, args)
 
 
-def _refused(exc) -> None:
-    """The layer's Redis user may not run scripts (an ACL without +@scripting).
+def _script_refused(exc: ResponseError) -> bool:
+    """Redis would not run the script at all: an ACL without +@scripting (NOPERM), or
+    EVALSHA / SCRIPT renamed away in its config (unknown command). Either is answered
+    before anything runs, so nothing of the batch went out."""
+    return isinstance(exc, NoPermissionError) or str(exc).lower().startswith("unknown command")
 
-    Redis checks the ACL before it runs a command, so nothing of the batch went
-    out: it is published again as a pipeline, and so is every later batch.
-    """
+
+def _refused(exc) -> None:
+    """Publish this batch and every later one as a pipeline; say so once."""
     global _scripts_refused
     _scripts_refused = True
     logger.warning(
-        "publish: Redis refused the publish script to the channel layer's user (%s); publishing with "
-        "pipelines of PUBLISH from now on, at more CPU per message. Allow +@scripting for that user "
-        "(docs/reliability.md) and restart the workers to use the script again.", exc)
+        "publish: Redis will not run the publish script (%s); publishing with pipelines of PUBLISH "
+        "from now on, at more CPU per message. Allow scripting for the channel layer's Redis user "
+        "(+@scripting, EVALSHA and SCRIPT not renamed; docs/reliability.md) and restart the workers "
+        "to use the script again.", exc)
 
 
 async def _publish_pipelined(client, args) -> None:
