@@ -27,7 +27,7 @@ from config.asgi import application
 
 from tests.security.figures import Figures
 
-pytestmark = [pytest.mark.django_db(transaction=True)]
+pytestmark = [pytest.mark.django_db(transaction=True), pytest.mark.usefixtures("close_writer_connection")]
 
 ORIGIN = (b"origin", b"http://localhost:8080")
 TIMEOUT = 10

@@ -32,13 +32,8 @@ def collected_static(tmp_path_factory):
 
 
 @pytest.fixture(autouse=True)
-async def close_writer_connection():
-    """Each test runs on its own event loop: the Writer's async Postgres connection
-    (chat.delivery.db, one per loop) is closed with it, so none outlives its test."""
-    yield
-    from chat.delivery import db
-
-    await db.close()
+def writer_connection_closed(close_writer_connection):
+    """Every unit test closes its loop's Writer connection (tests/conftest.py)."""
 
 
 def free_port() -> int:
