@@ -7,6 +7,7 @@ the three outputs exist, so a broken load generator or stack cannot hide behind
 a green bench.
 """
 import json
+import re
 import subprocess
 from pathlib import Path
 
@@ -101,9 +102,12 @@ def test_same_load_comparison(smoke):
     for name in SCENARIOS:
         passed = [{s["target_per_s"] for s in results["stacks"][label]["fanout"][name]["steps"] if s["ok"]}
                   for label in ("ours", "socketio")]
+        common = passed[0] & passed[1]
         row = next(line for line in table if line.startswith(f"| {name} | "))
-        assert row.split(" | ")[1] == f"{max(passed[0] & passed[1]):,}", row
-        assert row.rstrip().endswith("× |"), row
+        assert row.split(" | ")[1] == f"{max(common):,}", row
+        every = re.search(r"\| (\d+\.\d\d)× \((\d+\.\d\d)–(\d+\.\d\d)×, (\d+) steps?\) \|$", row.rstrip())
+        assert every and int(every[4]) == len(common), row
+        assert float(every[2]) <= float(every[1]) <= float(every[3]), row
 
 
 @pytest.mark.parametrize("label", ["baseline", "ours"])
