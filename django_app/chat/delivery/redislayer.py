@@ -79,7 +79,7 @@ end
 return #ARGV / 2
 """
 _publish_script = None  # redis.commands.core.AsyncScript: its sha, run on each shard's client
-# Set for good (this process) when Redis refused the script to the layer's user.
+# Set for good (this process, every shard) once a Redis would not run the script (_script_refused).
 _scripts_refused = False
 
 
@@ -112,9 +112,11 @@ async def publish_many(layer, items) -> None:
 
 
 def _script_refused(exc: ResponseError) -> bool:
-    """Redis would not run the script at all: an ACL without +@scripting (NOPERM), or
-    EVALSHA / SCRIPT renamed away in its config (unknown command). Either is answered
-    before anything runs, so nothing of the batch went out."""
+    """Redis would not run the script: an ACL without +@scripting (NOPERM), or EVALSHA /
+    SCRIPT renamed away in its config (unknown command). Both are answered before the
+    script runs, so nothing of the batch went out. (A NOPERM from inside the script, a
+    channel the ACL forbids, may come after some PUBLISHes: those messages then arrive
+    twice, and every Room drops an id it already has.)"""
     return isinstance(exc, NoPermissionError) or str(exc).lower().startswith("unknown command")
 
 
