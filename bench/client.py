@@ -83,6 +83,18 @@ class _Cmd:
 
 
 # --------------------------------------------------------------------- subscribers
+async def _over_quota_pause(attempt):
+    """Wait before connecting again a socket that landed on a worker already at its quota.
+
+    Through nginx, the product's admission sends new sockets to the worker below
+    the fleet mean by its census, up to a second old: during a burst of connects
+    every one of them lands on that worker until the census moves. Retried at
+    once, all of a socket's attempts land there too, and the last one is kept
+    (publishers) or given up (subscribers). Real members of a room do not all
+    arrive in the same second."""
+    await asyncio.sleep(min(2.0, 0.1 * 2 ** attempt))
+
+
 class Subscribers:
     """Holds subscriber sockets; bins every delivery by the step tag in its text."""
 
@@ -192,6 +204,8 @@ class Subscribers:
                         continue
                     if per_worker[worker] >= quota:
                         await ws.close()
+                        if balance != "room":
+                            await _over_quota_pause(attempt)
                         continue
                     per_worker[worker] += 1
                     task = asyncio.create_task(self._reader(room, ws, url))
@@ -306,6 +320,7 @@ class Publishers:
                             workers[worker] += 1
                             break
                         await ws.close()
+                        await _over_quota_pause(attempt)
                 self.socks.append((room, ws))
                 self.tasks.append(asyncio.create_task(self._drain(ws)))
 
