@@ -9,8 +9,9 @@ Suites that break tiers on purpose (faults) build their own NativeStack.
 with a certificate from `make certs` (`tls_certs`: its test CA); `tls_ctx` is
 an SSL context that trusts only that CA. Started only when a test asks for it.
 
-`close_writer_connection` closes the Writer's Postgres connection of a test's
-event loop: every test that stores a message in-process uses it (the unit
+`close_writer_connection` closes the ws worker's async Postgres connections
+(the Writer's and the Rooms' reads) of a test's event loop: every test that
+stores or reads messages in-process uses it (the unit
 suite for every test, the consumer fuzz tests), or the connections left open
 keep pytest-django from dropping the test database at the end.
 """
@@ -22,8 +23,8 @@ from tests.tls import client_context, make_certs
 
 @pytest.fixture
 async def close_writer_connection():
-    """Each test runs on its own event loop: the Writer's async Postgres connection
-    (chat.delivery.db, one per loop) is closed with it, so none outlives its test
+    """Each test runs on its own event loop: the worker's async Postgres connections
+    (chat.delivery.db, one per role per loop) are closed with it, so none outlives its test
     (nor keeps the test database from being dropped at the end)."""
     yield
     from chat.delivery import db

@@ -33,7 +33,7 @@ def collected_static(tmp_path_factory):
 
 @pytest.fixture(autouse=True)
 def writer_connection_closed(close_writer_connection):
-    """Every unit test closes its loop's Writer connection (tests/conftest.py)."""
+    """Every unit test closes its loop's async Postgres connections (tests/conftest.py)."""
 
 
 def free_port() -> int:

@@ -6,6 +6,7 @@ ids are dense and commit in id order: when id N is visible, every id < N is
 visible too. The Room's gap fill relies on exactly that. One statement stores a
 whole batch, across rooms (chat.delivery.writer).
 """
+import asyncio
 from datetime import timezone
 
 from django.db import connection, transaction
@@ -84,6 +85,50 @@ FROM rooms r, (
     FROM existing
 ) e
 """
+
+
+# A room's messages as the async reads answer them (snapshot_async, between_async):
+# ONE statement, so one round trip and one snapshot (the room's counter and its rows
+# agree, as the ORM's transaction in snapshot() makes them), the rows as one JSON
+# array with timestamps formatted by Postgres exactly as _ts() formats them.
+# {cond}, {order} and the LIMIT pick the rows: the newest (history), those after an
+# id (resume) or a range (gap fill); the answer is always oldest first.
+_READ_SQL = """
+SELECT (SELECT last_id FROM {room} WHERE name = %(room)s),
+       (SELECT json_agg(json_build_array(m.seq, m.username, m.body, {ts}) ORDER BY m.seq)
+        FROM (SELECT seq, username, body, created_at FROM {message}
+              WHERE room_id = (SELECT id FROM {room} WHERE name = %(room)s) AND {{cond}}
+              ORDER BY seq {{order}} LIMIT %(limit)s) m)
+""".format(room=Room._meta.db_table, message=Message._meta.db_table, ts=_TS.format("m.created_at"))
+_HISTORY_SQL = _READ_SQL.format(cond="TRUE", order="DESC")
+_SINCE_SQL = _READ_SQL.format(cond="seq > %(lo)s", order="ASC")
+_BETWEEN_SQL = _READ_SQL.format(cond="seq BETWEEN %(lo)s AND %(hi)s", order="ASC")
+
+
+async def _read(sql: str, room: str, **params) -> tuple[list[dict], int]:
+    """(wire dicts oldest first, the room's counter) on the read connection (chat.delivery.db).
+
+    Shielded, as asgiref shields the ORM's thread: a caller that stops waiting (a
+    connect's WS_CONNECT_TIMEOUT) leaves the statement to finish instead of
+    cancelling it, which would make psycopg cancel it in the server and, if that
+    fails (a frozen Postgres), wait and close the connection."""
+    ((last_id, rows),) = await asyncio.shield(db.execute(sql, {"room": room, **params}, role="read"))
+    return [protocol.message_dict(seq, room, username, body, ts) for seq, username, body, ts in rows or ()], last_id or 0
+
+
+async def snapshot_async(room: str, after, history_size: int, resume_max: int) -> tuple[list[dict], int]:
+    """snapshot() in one statement on the read connection: no thread hop, no ORM."""
+    if after is None:
+        rows, last_id = await _read(_HISTORY_SQL, room, limit=history_size)
+    else:
+        rows, last_id = await _read(_SINCE_SQL, room, lo=after, limit=resume_max)
+    return rows, rows[-1]["id"] if rows else last_id
+
+
+async def between_async(room: str, lo: int, hi: int) -> list[dict]:
+    """between() in one statement on the read connection."""
+    rows, _last_id = await _read(_BETWEEN_SQL, room, lo=lo, hi=hi, limit=max(0, hi - lo + 1))
+    return rows
 
 
 def _ts(dt) -> str:
