@@ -157,6 +157,12 @@ def run_stack(label, workers, names, table, args, extra_env, results, capacity_t
             print(f"== {label}: idle capacity", flush=True)
             out["capacity"] = capacity.measure(stack, connects=connects, idle_per_worker=idle,
                                                log=lambda m: print(m, flush=True))
+            if idle:
+                stack.down()  # fresh workers again: the same reason as above
+                print(f"== {label}: starting a fresh stack for idle sockets in small rooms", flush=True)
+                stack = start_stack(label, workers, extra_env)
+                out["capacity_rooms"] = capacity.measure_rooms(stack, idle_per_worker=idle,
+                                                               log=lambda m: print(m, flush=True))
     finally:
         stack.down()
 

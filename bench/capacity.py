@@ -4,6 +4,13 @@ Connects are timed in the client processes from first dial to last welcome
 frame, so the figure is what a reconnect storm sees. Idle sockets are opened
 directly on each worker's port: "sockets per worker" is a property of the
 worker, and going through nginx would measure nginx's worker_connections.
+
+measure() holds its idle sockets in one room. measure_rooms() holds them as
+chat traffic mostly is, in small rooms: every socket in a room of its own on
+its worker, each room with one member on every worker (a direct message
+between two workers' sockets). Each connect then starts a Room on its worker
+(a Redis SUBSCRIBE, a Postgres read), so it prices connects and memory per
+room, which one big room hides.
 """
 import time
 
@@ -11,11 +18,15 @@ from bench.client import Proc, pids_of
 from bench.cpu import CpuWindow, rss
 
 
-def _fan(procs, n, urls, concurrency, deadline_s, light=False):
+def _fan(procs, n, urls, concurrency, deadline_s, light=False, distinct=False):
+    """Open n sockets from the processes at once. distinct: each URL opened once, the
+    processes taking consecutive slices of `urls` (else each cycles through all)."""
     per = [n // len(procs) + (1 if i < n % len(procs) else 0) for i in range(len(procs))]
+    start = 0
     for p, k in zip(procs, per):
         p.send(op="open", n=k, urls=urls, concurrency=max(1, concurrency // len(procs)), deadline_s=deadline_s,
-               light=light)
+               light=light, start=start if distinct else 0)
+        start += k
     opened, elapsed, failures = 0, 0.0, {}
     for p in procs:
         r = p.recv(timeout=deadline_s + 60)
@@ -82,6 +93,46 @@ def measure(stack, connects=1500, connect_concurrency=200, idle_per_worker=10000
                 "idle": workers,
                 "sockets_per_worker": min((w["alive"] for w in workers), default=0),
                 "rss_per_socket_kib": max((w["rss_per_socket_kib"] or 0 for w in workers), default=None)}
+    finally:
+        for p in clients:
+            p.close()
+
+
+def measure_rooms(stack, idle_per_worker=10000, concurrency=200, procs=2, deadline_s=300.0, log=print):
+    """idle_per_worker sockets on each worker, one per room per worker, straight to the
+    workers' ports, all workers at once: RSS per socket, and connects/s and ws CPU per
+    connect while every connect starts a Room. Needs a fresh stack (see measure())."""
+    clients = [Proc("idle") for _ in range(procs)]
+    try:
+        pids = stack.server_pids()
+        names = [f"ws{i}" for i in range(1, len(stack.ws_worker_urls) + 1)]
+        before = {n: _settled_rss(pids[n]) for n in names}
+        urls = [f"{u}/ws/chat/benchdm{r}/" for r in range(idle_per_worker) for u in stack.ws_worker_urls]
+        cpu = CpuWindow({n: pids[n] for n in names}).start()
+        n_open, elapsed, fails = _fan(clients, len(urls), urls, concurrency, deadline_s, distinct=True)
+        spent = cpu.seconds()
+        after = {n: _settled_rss(pids[n]) for n in names}
+        alive = sum(p.call(op="alive", timeout=60) for p in clients)
+        per_worker = alive / len(names)
+        workers = []
+        for n in names:
+            per_socket = (after[n] - before[n]) / per_worker if per_worker else None
+            workers.append({
+                "worker": n, "target": idle_per_worker, "alive": int(per_worker), "rooms": idle_per_worker,
+                "rss_before_mb": round(before[n] / 2**20, 1), "rss_after_mb": round(after[n] / 2**20, 1),
+                "rss_per_socket_kib": round(per_socket / 1024, 1) if per_socket else None,
+                "cpu_ms_per_connect": round(1000 * spent[n] / per_worker, 3) if per_worker else None})
+            log(f"  {n}: ~{round(per_worker)} idle sockets in as many rooms, {workers[-1]['rss_per_socket_kib']} KiB "
+                f"RSS and {workers[-1]['cpu_ms_per_connect']} ms of CPU each")
+        per_s = round(n_open / elapsed, 1) if elapsed else None
+        log(f"  connects into new rooms: {n_open}/{len(urls)} in {elapsed:.2f}s = {per_s}/s {fails or ''}")
+        for p in clients:
+            p.call(op="close_all", timeout=180)
+        return {"idle": workers, "opened": n_open, "attempted": len(urls), "seconds": round(elapsed, 3),
+                "connects_per_s": per_s, "failures": fails,
+                "sockets_per_worker": min((w["alive"] for w in workers), default=0),
+                "rss_per_socket_kib": max((w["rss_per_socket_kib"] or 0 for w in workers), default=None),
+                "cpu_ms_per_connect": max((w["cpu_ms_per_connect"] or 0 for w in workers), default=None)}
     finally:
         for p in clients:
             p.close()

@@ -107,7 +107,11 @@ async def idle_main(conn):
 
             t0 = time.monotonic()
             before = len(held) + len(handshakes)
-            await asyncio.gather(*(one(msg["urls"][i % len(msg["urls"])]) for i in range(msg["n"])))
+            # "start": where this process begins in the URL list, so processes given the
+            # same list can open distinct URLs (one socket per room per worker).
+            start = msg.get("start", 0)
+            urls = msg["urls"]
+            await asyncio.gather(*(one(urls[(start + i) % len(urls)]) for i in range(msg["n"])))
             cmd.reply({"opened": len(held) + len(handshakes) - before, "elapsed": time.monotonic() - t0,
                        "failures": dict(fails)})
         elif op == "alive":

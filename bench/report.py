@@ -43,6 +43,16 @@ def summary(results):
         rows.append(("connects/s through nginx", (cb.get("connects") or {}).get("per_s"),
                      (co.get("connects") or {}).get("per_s"),
                      _ratio((co.get("connects") or {}).get("per_s"), (cb.get("connects") or {}).get("per_s"))))
+    rb, ro = base.get("capacity_rooms", {}), ours.get("capacity_rooms", {})
+    if rb or ro:
+        rows.append(("RSS per idle socket, one room per socket, KiB", rb.get("rss_per_socket_kib"),
+                     ro.get("rss_per_socket_kib"),
+                     _ratio(ro.get("rss_per_socket_kib"), rb.get("rss_per_socket_kib"), invert=True)))
+        rows.append(("connects/s into rooms new to the worker (direct)", rb.get("connects_per_s"),
+                     ro.get("connects_per_s"), _ratio(ro.get("connects_per_s"), rb.get("connects_per_s"))))
+        rows.append(("ws CPU ms per connect into a new room", rb.get("cpu_ms_per_connect"),
+                     ro.get("cpu_ms_per_connect"),
+                     _ratio(ro.get("cpu_ms_per_connect"), rb.get("cpu_ms_per_connect"), invert=True)))
     return rows
 
 
@@ -68,6 +78,10 @@ def targets(results):
                     cap.get("rss_per_socket_kib") is not None and cap["rss_per_socket_kib"] <= TARGET_RSS_KIB))
         cps = (cap.get("connects") or {}).get("per_s")
         out.append(("≥ 2,000 connects/s", cps, bool(cps and cps >= TARGET_CONNECTS)))
+    rooms = ours.get("capacity_rooms") or {}
+    if rooms:
+        out.append(("≤ 20 KiB RSS per idle socket, one room per socket", rooms.get("rss_per_socket_kib"),
+                    rooms.get("rss_per_socket_kib") is not None and rooms["rss_per_socket_kib"] <= TARGET_RSS_KIB))
     return out
 
 
@@ -170,6 +184,21 @@ def markdown(results):
             lines.append(f"| {w['worker']} | {_fmt(w['alive'])}/{_fmt(w['target'])} | {w['rss_before_mb']} "
                          f"| {w['rss_after_mb']} | {_fmt(w['rss_per_socket_kib'])} | {w['open_s']} "
                          f"| {w['failures'] or ''} |")
+    for label in results["stacks"]:
+        rooms = results["stacks"].get(label, {}).get("capacity_rooms")
+        if not rooms:
+            continue
+        lines += ["", f"**idle sockets in small rooms, {label}**: every socket in a room of its own on its worker, "
+                      f"each room with one socket on every worker, opened straight on the workers' ports: "
+                      f"{rooms['opened']}/{rooms['attempted']} in {rooms['seconds']} s = "
+                      f"{_fmt(rooms['connects_per_s'])}/s, each connect starting a Room (a Redis SUBSCRIBE "
+                      f"and a Postgres read). {rooms['failures'] or ''}", "",
+                  "| worker | sockets held | rooms | RSS before MB | RSS after MB | KiB per socket | CPU ms per connect |",
+                  "| --- | ---: | ---: | ---: | ---: | ---: | ---: |"]
+        for w in rooms["idle"]:
+            lines.append(f"| {w['worker']} | {_fmt(w['alive'])}/{_fmt(w['target'])} | {_fmt(w['rooms'])} "
+                         f"| {w['rss_before_mb']} | {w['rss_after_mb']} | {_fmt(w['rss_per_socket_kib'])} "
+                         f"| {_fmt(w['cpu_ms_per_connect'])} |")
     return "\n".join(lines) + "\n"
 
 

@@ -120,6 +120,19 @@ def test_idle_capacity_is_measured(smoke, label):
     assert cap["rss_per_socket_kib"] is not None
 
 
+@pytest.mark.parametrize("label", ["baseline", "ours"])
+def test_idle_sockets_in_small_rooms_are_measured(smoke, label):
+    """Every socket in a room of its own per worker: each held, priced in RSS and CPU, reported."""
+    out, results, _stdout = smoke
+    rooms = results["stacks"][label]["capacity_rooms"]
+    assert rooms["opened"] == rooms["attempted"] == sum(w["target"] for w in rooms["idle"]) > 0, rooms
+    assert len(rooms["idle"]) == 2 and all(w["alive"] == w["target"] == w["rooms"] for w in rooms["idle"]), rooms
+    assert rooms["rss_per_socket_kib"] is not None and rooms["cpu_ms_per_connect"] > 0
+    md = (out / "results.md").read_text()
+    assert f"**idle sockets in small rooms, {label}**: every socket in a room of its own" in md
+    assert "| connects/s into rooms new to the worker (direct) |" in md
+
+
 def test_ratios_reported(smoke):
     _out, results, stdout = smoke
     md = (_out / "results.md").read_text()
