@@ -68,6 +68,47 @@ DB_RETRY_BASE = 0.5
 DB_RETRY_CAP = 5.0
 
 
+def cache_size() -> int:
+    """Messages a Room keeps for connects and resumes (the history must fit)."""
+    return max(settings.CHAT_ROOM_CACHE, settings.CHAT_HISTORY_SIZE)
+
+
+class Wake:
+    """asyncio.Event for its ONE waiter, a Room's deliver loop, without Event's deque of
+    waiters (~0.75 KiB even empty, per room of a worker). Same set/clear/wait semantics."""
+
+    __slots__ = ("_set", "_waiter")
+
+    def __init__(self):
+        self._set = False
+        self._waiter = None
+
+    def is_set(self) -> bool:
+        return self._set
+
+    def set(self) -> None:
+        if not self._set:
+            self._set = True
+            waiter = self._waiter
+            if waiter is not None and not waiter.done():
+                waiter.set_result(True)
+
+    def clear(self) -> None:
+        self._set = False
+
+    async def wait(self) -> bool:
+        if self._set:
+            return True
+        if self._waiter is not None:
+            raise RuntimeError("Wake has one waiter")
+        self._waiter = asyncio.get_running_loop().create_future()
+        try:
+            await self._waiter
+            return True
+        finally:
+            self._waiter = None
+
+
 def group_name(room: str) -> str:
     return f"room.{room}"
 
@@ -112,24 +153,31 @@ class Room:
         self.joining = 0  # connects in progress: the Room must not close under them
         self.closed = False
         self.position = 0  # highest id handed to the local sockets (contiguous)
-        self.cache: deque[str] = deque(maxlen=max(settings.CHAT_ROOM_CACHE, settings.CHAT_HISTORY_SIZE))
+        self.cache: "deque[str] | tuple" = ()  # a deque once there is something to keep (_remember)
         self.pending: dict[int, str] = {}  # ids that arrived ahead of a gap
         self.gap_since = None
         self.catch_up = False  # read Postgres for anything after position (resubscribe, quiet check)
-        self.wake = asyncio.Event()
-        self.idle = False  # the deliver loop waits for work: nothing of it is in flight (_feed)
+        self.wake = Wake()
+        # No deliver loop runs (_kick starts one): nothing of it is in flight (_feed).
+        # False while the Room starts: what arrives meanwhile waits for _start's end.
+        self.idle = False
         self.soon = False  # _deliver_soon is scheduled
         self.listener = None  # the Redis subscription (chat.delivery.redislayer.listen)
-        self.deliverer = None
+        self.deliverer = None  # the deliver loop's task while it has work (_kick)
+        # The start, until it has succeeded; then None (a finished Task keeps its
+        # coroutine: ~0.7 KiB per room of a worker, for nothing).
         self.started = asyncio.ensure_future(self._start())
 
     # ----------------------------------------------------------- lifecycle
     async def _start(self):
         """Subscribe first, then read the position: nothing committed after the read is missed."""
         await self._subscribe()
-        rows, self.position = await _snapshot(self.name, None, self.cache.maxlen, 0)
-        self.cache.extend(protocol.dumps(m) for m in rows)
-        self.deliverer = asyncio.ensure_future(self._deliver_loop())
+        rows, self.position = await _snapshot(self.name, None, cache_size(), 0)
+        self._remember([protocol.dumps(m) for m in rows])
+        self.started = None
+        self.idle = True
+        if self.pending or self.catch_up:
+            self._kick()  # published while this Room started
 
     async def _subscribe(self):
         """One subscription per room on this worker; its messages reach _on_event() directly."""
@@ -146,7 +194,8 @@ class Room:
             await self._unsubscribe()  # the Room closed while it subscribed
 
     def resubscribe(self):
-        if self.closed or not self.started.done() or self.started.cancelled() or self.started.exception():
+        started = self.started  # None once the start succeeded
+        if self.closed or (started is not None and (not started.done() or started.cancelled() or started.exception())):
             return  # a Room still starting checks the generation itself
 
         async def again():
@@ -157,20 +206,22 @@ class Room:
                 await self.fail()
                 return
             self.catch_up = True
-            self.wake.set()
+            self._kick()
 
         asyncio.ensure_future(again())
 
     def catch_up_now(self):
         """Postgres has newer ids than this Room delivered (quiet check): read them."""
         self.catch_up = True
-        self.wake.set()
+        self._kick()
 
     def submit(self, consumer, user_id, username: str, text: str, client_msg_id=None) -> bool:
         """Hand a sender's message to this worker's Writer; False when the room is overloaded."""
         return writer().submit(self, consumer, user_id, username, text, client_msg_id)
 
     async def ready(self):
+        if self.started is None:
+            return
         try:
             await asyncio.shield(self.started)
         except Exception:
@@ -206,7 +257,8 @@ class Room:
         # A start still waiting on a frozen Redis finishes when it thaws (the connects
         # that waited for it were already refused: WS_CONNECT_TIMEOUT); one that failed
         # may have subscribed first. Either way: stop what it created, unsubscribe.
-        await asyncio.wait([self.started])
+        if self.started is not None:
+            await asyncio.wait([self.started])
         self._cancel_deliverer()
         await self._unsubscribe()
 
@@ -322,7 +374,7 @@ class Room:
         if (not self.idle or self.closed or self.catch_up or self.position + 1 not in self.pending
                 or not self.framed_only):
             if self.pending or self.catch_up:
-                self.wake.set()
+                self._kick()
             return
         texts = self._take_run()
         run = self._advance(self.position + 1, texts)
@@ -336,7 +388,7 @@ class Room:
                 logger.warning("room %s: send to one socket failed", self.name, exc_info=True)
         metrics.delivered(texts)
         if self.pending:
-            self.wake.set()
+            self._kick()
 
     def _shed(self):
         """This worker cannot keep up with the room: shed it visibly rather than grow.
@@ -357,18 +409,31 @@ class Room:
         if event.get("type") == MESSAGE_TYPE and not self.closed:
             self._feed(event["id"], event["text"])
 
+    def _kick(self):
+        """Work for the deliver loop: start it when none runs, else wake it."""
+        if self.idle and not self.closed:
+            self.idle = False
+            self.wake.clear()
+            self.deliverer = asyncio.ensure_future(self._deliver_loop())
+        else:
+            self.wake.set()
+
     async def _deliver_loop(self):
+        """Runs while the Room has work, then ends (idle): a room of a worker that is
+        quiet holds no task, coroutine or waiter (~1.1 KiB per room); _kick() starts it again."""
+        try:
+            await self._deliver()
+        finally:
+            self.idle = True
+            if self.deliverer is asyncio.current_task():
+                self.deliverer = None  # a finished Task would keep its coroutine
+
+    async def _deliver(self):
         wait_s = settings.CHAT_REORDER_WAIT_MS / 1000
         failures = 0
         while True:
             if not self.pending and not self.catch_up:
-                self.wake.clear()
-                self.idle = True
-                try:
-                    await self.wake.wait()
-                finally:
-                    self.idle = False
-                continue
+                return  # no await since the check: nothing can have arrived
             try:
                 if self.catch_up:
                     self.catch_up = False
@@ -448,9 +513,17 @@ class Room:
         is not in the list the sends walk.
         """
         self.position = first + len(texts) - 1
-        self.cache.extend(texts)
+        self._remember(texts)
         quiet.due(self)
         return Run(texts, first)
+
+    def _remember(self, texts: list[str]):
+        """Keep the newest texts in the history cache, made on the first: a room of a
+        worker that never sees a message keeps no deque (~0.75 KiB even empty)."""
+        if texts:
+            if isinstance(self.cache, tuple):
+                self.cache = deque(maxlen=cache_size())
+            self.cache.extend(texts)
 
     def _skip(self, consumer, run: "Run"):
         """How many of the run's messages `consumer` already has, or None to skip it;
