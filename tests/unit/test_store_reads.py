@@ -1,5 +1,5 @@
 """A Room's reads on the worker's read connection (chat.delivery.store.snapshot_async,
-between_async) answer exactly as the ORM's snapshot() and between() do, against real
+between_async) answer exactly as the same reads through the ORM do (orm_reads), against real
 Postgres: the same messages, ids, timestamps and starting position, for a new socket,
 a resume and a gap fill, in a room with history, an empty one and one never written."""
 import asyncio
@@ -10,10 +10,12 @@ from channels.db import database_sync_to_async
 from chat.delivery import db, store
 from chat.models import Message
 
+from . import orm_reads
+
 pytestmark = pytest.mark.django_db(transaction=True)
 
-_orm_snapshot = database_sync_to_async(store.snapshot)
-_orm_between = database_sync_to_async(store.between)
+_orm_snapshot = database_sync_to_async(orm_reads.snapshot)
+_orm_between = database_sync_to_async(orm_reads.between)
 
 
 async def _room_with(name, n):

@@ -14,6 +14,7 @@ from chat.delivery import store
 from chat.models import Message
 from wsworker import registry
 
+from . import orm_reads
 from .conftest import free_port, welcome
 
 pytestmark = pytest.mark.django_db(transaction=True)
@@ -29,7 +30,7 @@ async def test_messages_in_many_rooms_share_one_statement_with_dense_ids_per_roo
         got = [await client.recv() for _ in range(3)]
         assert [(m["id"], m["message"]) for m in got] == [(1, "m0"), (2, "m1"), (3, "m2")]
         # what was sent live, timestamp included, is what history replays
-        assert await database_sync_to_async(store.between)(room, 1, 3) == got
+        assert await store.between_async(room, 1, 3) == got
     rows = await database_sync_to_async(lambda: list(
         Message.objects.filter(room__name__in=rooms).values_list("room__name", "seq", "created_at")))()
     assert sorted((room, seq) for room, seq, _ in rows) == [(r, s) for r in sorted(rooms) for s in (1, 2, 3)]
@@ -125,7 +126,7 @@ def test_store_batch_matches_a_model_over_many_rooms_resends_and_batches():
         got = store.store_batch(items)
         assert [(m["room"], m["id"], m["username"], m["message"], dup) for m, dup in got] == expect
         for m, _dup in got:
-            assert store.between(m["room"], m["id"], m["id"]) == [m]
+            assert orm_reads.between(m["room"], m["id"], m["id"]) == [m]
     assert store.heads(names) == last
     table = sorted(Message.objects.values_list("room__name", "seq"))
     assert table == sorted((room, seq) for room, top in last.items() for seq in range(1, top + 1))

@@ -7,9 +7,7 @@ visible too. The Room's gap fill relies on exactly that. One statement stores a
 whole batch, across rooms (chat.delivery.writer).
 """
 import asyncio
-from datetime import timezone
-
-from django.db import connection, transaction
+from django.db import connection
 
 from .. import protocol
 from . import db
@@ -38,8 +36,8 @@ from ..models import Message, Room
 # array: psycopg adapts Python lists to Postgres arrays and back in Python, per
 # element and per column, which cost more client CPU than the rest of the
 # statement's handling (docs/benchmarks.md); json.dumps/loads are C.
-# The wire timestamp, formatted by Postgres exactly as _ts() formats one read back
-# through the ORM (UTC, milliseconds truncated, "Z").
+# The wire timestamp, formatted by Postgres: UTC, milliseconds truncated, "Z" (what
+# datetime.isoformat(timespec="milliseconds") gives for the same instant in UTC).
 _TS = """to_char(({}) AT TIME ZONE 'UTC', 'YYYY-MM-DD"T"HH24:MI:SS.MS"Z"')"""
 _PERSIST_SQL = f"""
 WITH names AS (
@@ -89,8 +87,9 @@ FROM rooms r, (
 
 # A room's messages as the async reads answer them (snapshot_async, between_async):
 # ONE statement, so one round trip and one snapshot (the room's counter and its rows
-# agree, as the ORM's transaction in snapshot() makes them), the rows as one JSON
-# array with timestamps formatted by Postgres exactly as _ts() formats them.
+# agree, as a transaction around two reads would make them), the rows as one JSON
+# array with timestamps formatted by _TS. tests/unit/orm_reads.py reads the same
+# through the ORM, and tests/unit/test_store_reads.py checks both agree.
 # {cond}, {order} and the LIMIT pick the rows: the newest (history), those after an
 # id (resume) or a range (gap fill); the answer is always oldest first.
 _READ_SQL = """
@@ -117,7 +116,12 @@ async def _read(sql: str, room: str, **params) -> tuple[list[dict], int]:
 
 
 async def snapshot_async(room: str, after, history_size: int, resume_max: int) -> tuple[list[dict], int]:
-    """snapshot() in one statement on the read connection: no thread hop, no ORM."""
+    """A new socket's welcome history and starting position, in one statement.
+
+    after None: the newest history_size messages; else up to resume_max after it.
+    The position is the last id handed to the client: the newest message sent,
+    or the room's counter when there is nothing to send (so a client whose
+    ?after= is ahead of a reset database learns the real position)."""
     if after is None:
         rows, last_id = await _read(_HISTORY_SQL, room, limit=history_size)
     else:
@@ -126,17 +130,9 @@ async def snapshot_async(room: str, after, history_size: int, resume_max: int) -
 
 
 async def between_async(room: str, lo: int, hi: int) -> list[dict]:
-    """between() in one statement on the read connection."""
+    """Messages lo..hi inclusive, oldest first (gap fill), in one statement."""
     rows, _last_id = await _read(_BETWEEN_SQL, room, lo=lo, hi=hi, limit=max(0, hi - lo + 1))
     return rows
-
-
-def _ts(dt) -> str:
-    return dt.astimezone(timezone.utc).isoformat(timespec="milliseconds").replace("+00:00", "Z")
-
-
-def _wire(room: str, seq, username, body, created_at) -> dict:
-    return protocol.message_dict(seq, room, username, body, _ts(created_at))
 
 
 class _Batch:
@@ -238,45 +234,3 @@ def persist(room: str, user_id, username: str, text: str) -> dict:
 def heads(rooms) -> dict[str, int]:
     """The newest stored id of each of these rooms, in one query (rooms never written: absent)."""
     return dict(Room.objects.filter(name__in=list(rooms)).values_list("name", "last_id"))
-
-
-def _rows(qs, room):
-    return [
-        _wire(room, seq, username, body, created_at)
-        for seq, username, body, created_at in qs.values_list("seq", "username", "body", "created_at")
-    ]
-
-
-def history(room: str, limit: int) -> list[dict]:
-    """The last `limit` messages, oldest first."""
-    qs = Message.objects.filter(room__name=room).order_by("-seq")[:limit]
-    return list(reversed(_rows(qs, room)))
-
-
-def since(room: str, after: int, limit: int) -> list[dict]:
-    """Messages with id > after, oldest first, at most `limit` (resume)."""
-    qs = Message.objects.filter(room__name=room, seq__gt=after).order_by("seq")[:limit]
-    return _rows(qs, room)
-
-
-def between(room: str, lo: int, hi: int) -> list[dict]:
-    """Messages lo..hi inclusive, oldest first (gap fill)."""
-    qs = Message.objects.filter(room__name=room, seq__gte=lo, seq__lte=hi).order_by("seq")
-    return _rows(qs, room)
-
-
-def last_id(room: str) -> int:
-    return Room.objects.filter(name=room).values_list("last_id", flat=True).first() or 0
-
-
-def snapshot(room: str, after, history_size: int, resume_max: int) -> tuple[list[dict], int]:
-    """Welcome history and the socket's starting position, read in one transaction.
-
-    The position is the last id handed to the client: the newest history entry,
-    or the room's counter when there is nothing to send (so a client whose
-    ?after= is ahead of a reset database learns the real position).
-    """
-    with transaction.atomic():
-        rows = history(room, history_size) if after is None else since(room, after, resume_max)
-        position = rows[-1]["id"] if rows else last_id(room)
-    return rows, position
