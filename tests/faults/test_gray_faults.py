@@ -1,4 +1,4 @@
-"""Gray faults: Redis frozen, a worker frozen, Postgres down while rooms are new.
+"""Gray faults: Redis frozen, a worker frozen, Postgres down or frozen while rooms are new.
 
 Each hits the busy 3-worker native stack of the suite (tests/faults/conftest.py)
 through the same experiment as the crash faults (tests/faults/scenario.py), and
@@ -8,10 +8,13 @@ then asserts what docs/reliability.md promises for it, as a user sees it.
 from __future__ import annotations
 
 import asyncio
+import os
+import signal
 import time
 import uuid
 from collections import Counter
 
+import psutil
 import pytest
 
 from clients.chatclient import HEARTBEAT_SECONDS, room_url
@@ -26,6 +29,7 @@ pytestmark = pytest.mark.slow
 REDIS_FREEZE = 15.0
 WORKER_FREEZE = 25.0
 PG_DOWN = 15.0
+PG_FREEZE = 12.0
 
 
 async def test_frozen_redis(stack, fault_table):
@@ -122,4 +126,58 @@ async def test_postgres_down_with_new_rooms(stack, fault_table):
         assert (p.error or {}).get("code") == "unavailable" and (p.error or {}).get("retry_after"), p
         assert p.seconds <= connect_timeout + 1.0, p
     assert verdict.reconnects == 0, "an open socket was closed by the Postgres outage"
+    assert_no_loss(verdict)
+
+
+async def test_frozen_postgres_with_new_rooms(stack, fault_table):
+    """Every Postgres process SIGSTOPped (a frozen VM): the kernel still accepts its
+    connections and every statement hangs instead of failing. A connect into a room
+    new to its worker waits on the worker's read connection; it must get its 1013 in
+    time and the worker must keep serving; once Postgres thaws, new rooms are served
+    again at the first attempt and nothing sent meanwhile is lost or doubled."""
+    workers = len(stack.ws_worker_urls)
+    connect_timeout = float(stack.settings["WS_CONNECT_TIMEOUT"])
+    seen = {}
+
+    async def inject(stack, load):
+        cached = {(room, worker_index_of(stack, c.worker, workers), c.last_id)
+                  for room, cs in load.clients.items() for c in cs}
+        master = psutil.Process(stack.pid("db"))
+        frozen = [master, *master.children(recursive=True)]
+        for proc in frozen:
+            os.kill(proc.pid, signal.SIGSTOP)
+        try:
+            frozen_at = time.monotonic()
+            new_room = lambda i: room_url(stack.ws_base, f"frozenpg-{uuid.uuid4().hex[:8]}")  # noqa: E731
+            uncached = asyncio.create_task(probe_series(new_room, 1.0, 6, timeout=connect_timeout + 5))
+            hits = []
+            for room, index, last_id in cached:
+                direct = stack.ws_worker_urls[index - 1]
+                hits.append(await probe_connect(f"{room_url(direct, room)}?after={max(0, last_id - 3)}", 5))
+            seen.update(uncached=await uncached, cached=hits)
+            remaining = PG_FREEZE - (time.monotonic() - frozen_at)
+            if remaining > 0:
+                await asyncio.sleep(remaining)  # the freeze's duration
+        finally:
+            for proc in frozen:
+                os.kill(proc.pid, signal.SIGCONT)
+        seen["after"] = [await probe_connect(room_url(url, f"thawed-{uuid.uuid4().hex[:8]}"), connect_timeout + 5)
+                         for url in stack.ws_worker_urls]
+
+    verdict, load = await run_fault(stack, "Postgres frozen 12s", inject)
+    uncached, cached, after = seen["uncached"], seen["cached"], seen["after"]
+    outcomes = Counter((p.outcome, p.close_code, (p.error or {}).get("code")) for p in uncached)
+    verdict.extra = (f"cached connects {sum(p.outcome == 'welcome' for p in cached)}/{len(cached)} welcomed; "
+                     f"uncached: {dict(outcomes)}, slowest {max(p.seconds for p in uncached):.1f}s; "
+                     f"after the thaw: {[p.outcome for p in after]}, slowest {max(p.seconds for p in after):.1f}s")
+    fault_table.append(verdict)
+    assert all(p.outcome == "welcome" for p in cached), [p for p in cached if p.outcome != "welcome"]
+    for p in uncached:
+        assert p.outcome == "refused" and p.close_code == 1013, p  # never an HTTP 502, never a hang
+        assert (p.error or {}).get("code") == "unavailable" and (p.error or {}).get("retry_after"), p
+        assert p.seconds <= connect_timeout + 1.0, p
+    # Every worker serves a room new to it once Postgres answers: its read connection
+    # came back from the statements that waited through the freeze.
+    assert all(p.outcome == "welcome" and p.seconds <= connect_timeout for p in after), after
+    assert verdict.reconnects == 0, "an open socket was closed by the Postgres freeze"
     assert_no_loss(verdict)
