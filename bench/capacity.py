@@ -50,6 +50,29 @@ def _settled_rss(pid, deadline_s=10.0):
     return last
 
 
+def _hold(stack, clients, urls, n, concurrency, deadline_s, distinct=False) -> dict:
+    """Open n idle sockets on `urls` (the workers' own ports) from `clients` at once and
+    keep them: per worker, the sockets alive, RSS before and after (settled) and per
+    socket, and its CPU per connect while they opened."""
+    pids = stack.server_pids()
+    names = [f"ws{i}" for i in range(1, len(stack.ws_worker_urls) + 1)]
+    before = {n: _settled_rss(pids[n]) for n in names}
+    cpu = CpuWindow({n: pids[n] for n in names}).start()
+    opened, elapsed, failures = _fan(clients, n, urls, concurrency, deadline_s, distinct=distinct)
+    spent = cpu.seconds()
+    after = {n: _settled_rss(pids[n]) for n in names}
+    per_worker = sum(p.call(op="alive", timeout=60) for p in clients) / len(names)
+    rows = []
+    for name in names:
+        per_socket = (after[name] - before[name]) / per_worker if per_worker else None
+        rows.append({
+            "worker": name, "alive": int(per_worker),
+            "rss_before_mb": round(before[name] / 2**20, 1), "rss_after_mb": round(after[name] / 2**20, 1),
+            "rss_per_socket_kib": round(per_socket / 1024, 1) if per_socket else None,
+            "cpu_ms_per_connect": round(1000 * spent[name] / per_worker, 3) if per_worker else None})
+    return {"workers": rows, "opened": opened, "seconds": elapsed, "failures": failures}
+
+
 def measure(stack, connects=1500, connect_concurrency=200, idle_per_worker=10000, idle_concurrency=200,
             procs=2, deadline_s=100.0, log=print):
     clients = [Proc("idle") for _ in range(procs)]
@@ -67,24 +90,14 @@ def measure(stack, connects=1500, connect_concurrency=200, idle_per_worker=10000
             p.call(op="close_all", timeout=120)
         # 2. idle sockets held per worker, straight to each worker's port, all
         #    workers at once (halves the wall time; each worker is its own process).
-        pids = stack.server_pids()
-        names = [f"ws{i}" for i in range(1, len(stack.ws_worker_urls) + 1)]
-        before = {n: _settled_rss(pids[n]) for n in names}
         urls = [u + "/ws/chat/benchidle/" for u in stack.ws_worker_urls]
-        n_open, el, fails = _fan(clients, idle_per_worker * len(urls), urls, idle_concurrency, deadline_s)
-        after = {n: _settled_rss(pids[n]) for n in names}
-        alive = sum(p.call(op="alive", timeout=60) for p in clients)
-        per_worker = alive / len(urls)
+        held = _hold(stack, clients, urls, idle_per_worker * len(urls), idle_concurrency, deadline_s)
         workers = []
-        for n in names:
-            per_socket = (after[n] - before[n]) / per_worker if per_worker else None
-            workers.append({
-                "worker": n, "target": idle_per_worker, "opened": round(n_open / len(urls)),
-                "alive": int(per_worker), "open_s": round(el, 2),
-                "rss_before_mb": round(before[n] / 2**20, 1), "rss_after_mb": round(after[n] / 2**20, 1),
-                "rss_per_socket_kib": round(per_socket / 1024, 1) if per_socket else None, "failures": fails})
-            log(f"  {n}: ~{round(per_worker)}/{idle_per_worker} idle sockets, "
-                f"{workers[-1]['rss_per_socket_kib']} KiB RSS each {fails or ''}")
+        for row in held["workers"]:
+            workers.append({**row, "target": idle_per_worker, "opened": round(held["opened"] / len(urls)),
+                            "open_s": round(held["seconds"], 2), "failures": held["failures"]})
+            log(f"  {row['worker']}: ~{row['alive']}/{idle_per_worker} idle sockets, "
+                f"{row['rss_per_socket_kib']} KiB RSS each {held['failures'] or ''}")
         for p in clients:
             p.call(op="close_all", timeout=180)
         return {"connects": {"attempted": connects, "opened": opened, "seconds": round(elapsed, 3),
@@ -104,26 +117,14 @@ def measure_rooms(stack, idle_per_worker=10000, concurrency=200, procs=2, deadli
     connect while every connect starts a Room. Needs a fresh stack (see measure())."""
     clients = [Proc("idle") for _ in range(procs)]
     try:
-        pids = stack.server_pids()
-        names = [f"ws{i}" for i in range(1, len(stack.ws_worker_urls) + 1)]
-        before = {n: _settled_rss(pids[n]) for n in names}
         urls = [f"{u}/ws/chat/benchdm{r}/" for r in range(idle_per_worker) for u in stack.ws_worker_urls]
-        cpu = CpuWindow({n: pids[n] for n in names}).start()
-        n_open, elapsed, fails = _fan(clients, len(urls), urls, concurrency, deadline_s, distinct=True)
-        spent = cpu.seconds()
-        after = {n: _settled_rss(pids[n]) for n in names}
-        alive = sum(p.call(op="alive", timeout=60) for p in clients)
-        per_worker = alive / len(names)
+        held = _hold(stack, clients, urls, len(urls), concurrency, deadline_s, distinct=True)
+        n_open, elapsed, fails = held["opened"], held["seconds"], held["failures"]
         workers = []
-        for n in names:
-            per_socket = (after[n] - before[n]) / per_worker if per_worker else None
-            workers.append({
-                "worker": n, "target": idle_per_worker, "alive": int(per_worker), "rooms": idle_per_worker,
-                "rss_before_mb": round(before[n] / 2**20, 1), "rss_after_mb": round(after[n] / 2**20, 1),
-                "rss_per_socket_kib": round(per_socket / 1024, 1) if per_socket else None,
-                "cpu_ms_per_connect": round(1000 * spent[n] / per_worker, 3) if per_worker else None})
-            log(f"  {n}: ~{round(per_worker)} idle sockets in as many rooms, {workers[-1]['rss_per_socket_kib']} KiB "
-                f"RSS and {workers[-1]['cpu_ms_per_connect']} ms of CPU each")
+        for row in held["workers"]:
+            workers.append({**row, "target": idle_per_worker, "rooms": idle_per_worker})
+            log(f"  {row['worker']}: ~{row['alive']} idle sockets in as many rooms, {row['rss_per_socket_kib']} KiB "
+                f"RSS and {row['cpu_ms_per_connect']} ms of CPU each")
         per_s = round(n_open / elapsed, 1) if elapsed else None
         log(f"  connects into new rooms: {n_open}/{len(urls)} in {elapsed:.2f}s = {per_s}/s {fails or ''}")
         for p in clients:

@@ -88,25 +88,52 @@ async def test_frozen_worker(stack, fault_table):
     assert_no_loss(verdict)
 
 
-async def test_postgres_down_with_new_rooms(stack, fault_table):
+def _cached(stack, load) -> set:
+    """Where each load room is cached: (room, the worker its client sits on, its last id)."""
     workers = len(stack.ws_worker_urls)
+    return {(room, worker_index_of(stack, c.worker, workers), c.last_id)
+            for room, cs in load.clients.items() for c in cs}
+
+
+async def _probe_rooms(stack, cached, new_rooms: int, connect_timeout: float, tag: str) -> dict:
+    """While Postgres is unavailable: one-shot connects into `new_rooms` rooms new to every
+    worker (through nginx, 1 a second) and, meanwhile, into every cached room straight on
+    its worker, fresh and with ?after=."""
+    new_room = lambda i: room_url(stack.ws_base, f"{tag}-{uuid.uuid4().hex[:8]}")  # noqa: E731
+    uncached = asyncio.create_task(probe_series(new_room, 1.0, new_rooms, timeout=connect_timeout + 5))
+    hits = []
+    for room, index, last_id in cached:
+        direct = stack.ws_worker_urls[index - 1]
+        hits.append(await probe_connect(f"{room_url(direct, room)}?after={max(0, last_id - 3)}", 5))
+        hits.append(await probe_connect(room_url(direct, room), 5))
+    return {"uncached": await uncached, "cached": hits}
+
+
+def _summary(seen) -> str:
+    uncached, cached = seen["uncached"], seen["cached"]
+    outcomes = Counter((p.outcome, p.close_code, (p.error or {}).get("code")) for p in uncached)
+    return (f"cached connects {sum(p.outcome == 'welcome' for p in cached)}/{len(cached)} welcomed; "
+            f"uncached: {dict(outcomes)}, slowest {max(p.seconds for p in uncached):.1f}s")
+
+
+def _assert_cached_served_and_new_refused_in_time(seen, connect_timeout: float) -> None:
+    cached, uncached = seen["cached"], seen["uncached"]
+    assert all(p.outcome == "welcome" for p in cached), [p for p in cached if p.outcome != "welcome"]
+    for p in uncached:
+        assert p.outcome == "refused" and p.close_code == 1013, p  # never an HTTP 502, never a hang
+        assert (p.error or {}).get("code") == "unavailable" and (p.error or {}).get("retry_after"), p
+        assert p.seconds <= connect_timeout + 1.0, p
+
+
+async def test_postgres_down_with_new_rooms(stack, fault_table):
     connect_timeout = float(stack.settings["WS_CONNECT_TIMEOUT"])
     seen = {}
 
     async def inject(stack, load):
-        # Where each load room is cached: the workers its clients sit on.
-        cached = {(room, worker_index_of(stack, c.worker, workers), c.last_id)
-                  for room, cs in load.clients.items() for c in cs}
+        cached = _cached(stack, load)
         await asyncio.to_thread(stack.stop, "db")
         down_at = time.monotonic()
-        new_room = lambda i: room_url(stack.ws_base, f"uncached-{uuid.uuid4().hex[:8]}")  # noqa: E731
-        uncached = asyncio.create_task(probe_series(new_room, 1.0, 8, timeout=connect_timeout + 5))
-        hits = []
-        for room, index, last_id in cached:
-            direct = stack.ws_worker_urls[index - 1]
-            hits.append(await probe_connect(f"{room_url(direct, room)}?after={max(0, last_id - 3)}", 5))
-            hits.append(await probe_connect(room_url(direct, room), 5))
-        seen.update(uncached=await uncached, cached=hits)
+        seen.update(await _probe_rooms(stack, cached, 8, connect_timeout, "uncached"))
         remaining = PG_DOWN - (time.monotonic() - down_at)
         if remaining > 0:
             await asyncio.sleep(remaining)  # the outage's duration
@@ -115,16 +142,9 @@ async def test_postgres_down_with_new_rooms(stack, fault_table):
                           what="/readyz 200 after Postgres returned")
 
     verdict, load = await run_fault(stack, "Postgres down 15s", inject)
-    uncached, cached = seen["uncached"], seen["cached"]
-    outcomes = Counter((p.outcome, p.close_code, (p.error or {}).get("code")) for p in uncached)
-    verdict.extra = (f"cached connects {sum(p.outcome == 'welcome' for p in cached)}/{len(cached)} welcomed; "
-                     f"uncached: {dict(outcomes)}, slowest {max(p.seconds for p in uncached):.1f}s")
+    verdict.extra = _summary(seen)
     fault_table.append(verdict)
-    assert all(p.outcome == "welcome" for p in cached), [p for p in cached if p.outcome != "welcome"]
-    for p in uncached:
-        assert p.outcome == "refused" and p.close_code == 1013, p  # never an HTTP 502, never a hang
-        assert (p.error or {}).get("code") == "unavailable" and (p.error or {}).get("retry_after"), p
-        assert p.seconds <= connect_timeout + 1.0, p
+    _assert_cached_served_and_new_refused_in_time(seen, connect_timeout)
     assert verdict.reconnects == 0, "an open socket was closed by the Postgres outage"
     assert_no_loss(verdict)
 
@@ -135,26 +155,18 @@ async def test_frozen_postgres_with_new_rooms(stack, fault_table):
     new to its worker waits on the worker's read connection; it must get its 1013 in
     time and the worker must keep serving; once Postgres thaws, new rooms are served
     again at the first attempt and nothing sent meanwhile is lost or doubled."""
-    workers = len(stack.ws_worker_urls)
     connect_timeout = float(stack.settings["WS_CONNECT_TIMEOUT"])
     seen = {}
 
     async def inject(stack, load):
-        cached = {(room, worker_index_of(stack, c.worker, workers), c.last_id)
-                  for room, cs in load.clients.items() for c in cs}
+        cached = _cached(stack, load)
         master = psutil.Process(stack.pid("db"))
         frozen = [master, *master.children(recursive=True)]
         for proc in frozen:
             os.kill(proc.pid, signal.SIGSTOP)
         try:
             frozen_at = time.monotonic()
-            new_room = lambda i: room_url(stack.ws_base, f"frozenpg-{uuid.uuid4().hex[:8]}")  # noqa: E731
-            uncached = asyncio.create_task(probe_series(new_room, 1.0, 6, timeout=connect_timeout + 5))
-            hits = []
-            for room, index, last_id in cached:
-                direct = stack.ws_worker_urls[index - 1]
-                hits.append(await probe_connect(f"{room_url(direct, room)}?after={max(0, last_id - 3)}", 5))
-            seen.update(uncached=await uncached, cached=hits)
+            seen.update(await _probe_rooms(stack, cached, 6, connect_timeout, "frozenpg"))
             remaining = PG_FREEZE - (time.monotonic() - frozen_at)
             if remaining > 0:
                 await asyncio.sleep(remaining)  # the freeze's duration
@@ -165,17 +177,11 @@ async def test_frozen_postgres_with_new_rooms(stack, fault_table):
                          for url in stack.ws_worker_urls]
 
     verdict, load = await run_fault(stack, "Postgres frozen 12s", inject)
-    uncached, cached, after = seen["uncached"], seen["cached"], seen["after"]
-    outcomes = Counter((p.outcome, p.close_code, (p.error or {}).get("code")) for p in uncached)
-    verdict.extra = (f"cached connects {sum(p.outcome == 'welcome' for p in cached)}/{len(cached)} welcomed; "
-                     f"uncached: {dict(outcomes)}, slowest {max(p.seconds for p in uncached):.1f}s; "
-                     f"after the thaw: {[p.outcome for p in after]}, slowest {max(p.seconds for p in after):.1f}s")
+    after = seen["after"]
+    verdict.extra = (f"{_summary(seen)}; after the thaw: {[p.outcome for p in after]}, "
+                     f"slowest {max(p.seconds for p in after):.1f}s")
     fault_table.append(verdict)
-    assert all(p.outcome == "welcome" for p in cached), [p for p in cached if p.outcome != "welcome"]
-    for p in uncached:
-        assert p.outcome == "refused" and p.close_code == 1013, p  # never an HTTP 502, never a hang
-        assert (p.error or {}).get("code") == "unavailable" and (p.error or {}).get("retry_after"), p
-        assert p.seconds <= connect_timeout + 1.0, p
+    _assert_cached_served_and_new_refused_in_time(seen, connect_timeout)
     # Every worker serves a room new to it once Postgres answers: its read connection
     # came back from the statements that waited through the freeze.
     assert all(p.outcome == "welcome" and p.seconds <= connect_timeout for p in after), after
