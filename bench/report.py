@@ -193,7 +193,8 @@ def markdown(results):
                       f"{rooms['opened']}/{rooms['attempted']} in {rooms['seconds']} s = "
                       f"{_fmt(rooms['connects_per_s'])}/s, each connect starting a Room (a Redis SUBSCRIBE "
                       f"and a Postgres read). {rooms['failures'] or ''}", "",
-                  "| worker | sockets held | rooms | RSS before MB | RSS after MB | KiB per socket | CPU ms per connect |",
+                  "| worker | sockets held | rooms | RSS before MB | RSS after MB | KiB per socket "
+                  "| CPU ms per connect |",
                   "| --- | ---: | ---: | ---: | ---: | ---: | ---: |"]
         for w in rooms["idle"]:
             lines.append(f"| {w['worker']} | {_fmt(w['alive'])}/{_fmt(w['target'])} | {_fmt(w['rooms'])} "

@@ -20,7 +20,8 @@ _orm_between = database_sync_to_async(orm_reads.between)
 
 async def _room_with(name, n):
     if n:
-        await database_sync_to_async(store.persist_many)(name, [(None, f"u{k % 3}", f"message {k} «ü»") for k in range(n)])
+        rows = [(None, f"u{k % 3}", f"message {k} «ü»") for k in range(n)]
+        await database_sync_to_async(store.persist_many)(name, rows)
 
 
 async def test_snapshots_and_gap_fills_answer_as_the_orm_does():

@@ -32,7 +32,9 @@ ROLES = ("write", "read")
 _connections: "dict[str, weakref.WeakKeyDictionary[asyncio.AbstractEventLoop, psycopg.AsyncConnection]]" = {
     role: weakref.WeakKeyDictionary() for role in ROLES
 }
-_connecting: "weakref.WeakKeyDictionary[asyncio.AbstractEventLoop, dict[str, asyncio.Lock]]" = weakref.WeakKeyDictionary()
+_connecting: "weakref.WeakKeyDictionary[asyncio.AbstractEventLoop, dict[str, asyncio.Lock]]" = (
+    weakref.WeakKeyDictionary()
+)
 
 
 def connect_kwargs(timeout: float, alias: str = "default") -> dict:

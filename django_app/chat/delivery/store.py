@@ -112,7 +112,8 @@ async def _read(sql: str, room: str, **params) -> tuple[list[dict], int]:
     cancelling it, which would make psycopg cancel it in the server and, if that
     fails (a frozen Postgres), wait and close the connection."""
     ((last_id, rows),) = await asyncio.shield(db.execute(sql, {"room": room, **params}, role="read"))
-    return [protocol.message_dict(seq, room, username, body, ts) for seq, username, body, ts in rows or ()], last_id or 0
+    messages = [protocol.message_dict(seq, room, username, body, ts) for seq, username, body, ts in rows or ()]
+    return messages, last_id or 0
 
 
 async def snapshot_async(room: str, after, history_size: int, resume_max: int) -> tuple[list[dict], int]:
