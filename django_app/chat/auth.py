@@ -7,12 +7,14 @@ The consumer turns scope["token_error"] into close 4401 after accepting, so
 the client can see why.
 """
 import logging
+from importlib import import_module
 from urllib.parse import parse_qs
 
 from channels.auth import AuthMiddleware
 from channels.db import database_sync_to_async
-from channels.sessions import CookieMiddleware, SessionMiddleware
+from django.conf import settings
 from django.contrib.auth.models import AnonymousUser
+from django.http import parse_cookie
 
 from . import tokens
 
@@ -33,8 +35,8 @@ def _verify(token):
 
 
 class TokenAuthMiddleware:
-    """Resolves ?token= into scope["user"]; copies the scope only when a token is given
-    (a scope copy lives as long as the socket: ~1 KiB each at 10,000 sockets).
+    """Resolves ?token= into scope["user"], in the scope it gets: that scope is the
+    connection's own, and a copy would live as long as the socket (~1 KiB).
 
     Without a token it returns the inner application's coroutine instead of
     awaiting it, so no frame of its own lives as long as the socket.
@@ -50,7 +52,6 @@ class TokenAuthMiddleware:
         return self.inner(scope, receive, send)
 
     async def _with_token(self, scope, receive, send, token):
-        scope = dict(scope)
         scope["token_auth"] = True
         try:
             scope["user"] = await _verify(token)
@@ -62,19 +63,38 @@ class TokenAuthMiddleware:
 
 
 class SessionAuthMiddleware(AuthMiddleware):
-    """channels' AuthMiddleware, except it leaves a token-resolved user alone.
+    """channels' CookieMiddleware, SessionMiddleware and AuthMiddleware in one pass.
 
-    Stock AuthMiddleware resolves the session user into scope["user"] whenever it
-    runs; with a token in play that would be a second (and contradictory) identity.
+    It adds what those three add (scope["cookies"], scope["session"],
+    scope["user"]) to the scope it gets. Stacked, the three copy the scope three
+    times and each keeps a frame awaiting the socket's whole life. SessionMiddleware
+    also wraps send() to look at the session on every outgoing message. That wrapper
+    saves only on http.response.start, which a WebSocket never sends: a consumer that
+    changes the session saves it itself, as channels' docs say. Together that is
+    ~2.5 KiB per idle socket (docs/benchmarks.md). The scope is already this
+    connection's own: daphne makes one per connection. So WebSocket scopes only.
 
-    It also adds the user to the scope it gets instead of copying it twice (stock
-    AuthMiddleware copies, then BaseMiddleware copies again, and both frames live
-    as long as the socket: ~2.5 KiB per socket). That scope is already this
-    connection's own: channels' SessionMiddleware hands down a copy it made.
+    A user given by a token (TokenAuthMiddleware) is left alone: with a token in
+    play the session user would be a second, contradictory identity. Without a
+    session the user is anonymous at once, without get_user's hop to the database
+    thread (in a reconnect storm of cookie-less clients that hop is a large share of
+    each connect). In both cases no frame of this middleware outlives the handshake.
     """
 
     def __call__(self, scope, receive, send):
+        if scope["type"] != "websocket":
+            raise ValueError(
+                f"chat.auth's middleware serves WebSocket scopes, not {scope['type']!r}: "
+                "for HTTP use channels.auth.AuthMiddlewareStack, which saves sessions"
+            )
+        scope["cookies"] = cookies = _cookies(scope["headers"])
+        if "session" not in scope:
+            store = import_module(settings.SESSION_ENGINE).SessionStore
+            scope["session"] = store(cookies.get(settings.SESSION_COOKIE_NAME))
         if scope.get("token_auth"):
+            return self.inner(scope, receive, send)
+        if scope["session"].session_key is None:  # no cookie, or not a valid key
+            scope.setdefault("user", AnonymousUser())
             return self.inner(scope, receive, send)
         return self._with_session_user(scope, receive, send)
 
@@ -83,21 +103,17 @@ class SessionAuthMiddleware(AuthMiddleware):
         await self.resolve_scope(scope)
         return await self.inner(scope, receive, send)
 
-    async def resolve_scope(self, scope):
-        """No session cookie means anonymous: skip get_user's thread hop.
 
-        channels' get_user always runs in the DB thread, even when there is no
-        session to look up; in a reconnect storm of cookie-less clients that hop
-        is a large share of each connect.
-        """
-        if scope["session"].session_key is None:
-            scope["user"]._wrapped = AnonymousUser()
-            return
-        await super().resolve_scope(scope)
+def _cookies(headers) -> dict:
+    """The first Cookie header, parsed as channels' CookieMiddleware and Django do."""
+    for name, value in headers:
+        if name == b"cookie":
+            return parse_cookie(value.decode("latin1"))
+    return {}
 
 
 def AuthMiddlewareStack(inner):
-    return CookieMiddleware(SessionMiddleware(SessionAuthMiddleware(inner)))
+    return SessionAuthMiddleware(inner)
 
 
 def TokenAuthMiddlewareStack(inner):

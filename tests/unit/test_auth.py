@@ -91,3 +91,31 @@ async def test_token_use_is_recorded(alice):
     record = await database_sync_to_async(ApiToken.objects.get)(pk=issued.record.pk)
     assert record.last_used_at is not None
     assert record.key_hash == tokens.hash_token(issued.token) and issued.token not in record.key_hash
+
+
+async def test_session_cookie_among_other_cookies_names_the_user(session_cookie):
+    cookie = [(b"cookie", f"csrftoken=abc; sessionid={session_cookie}; theme=dark".encode())]
+    client, frame = await welcome("/ws/chat/lobby/", headers=cookie)
+    assert frame["user"] == "alice"
+    await client.close()
+
+
+async def test_session_key_the_database_does_not_know_is_anonymous(settings, alice):
+    cookie = [(b"cookie", b"sessionid=" + b"z" * 32)]
+    client, frame = await welcome("/ws/chat/lobby/", headers=cookie)
+    assert frame["user"].startswith("anon-")
+    await client.close()
+    settings.CHAT_ALLOW_ANONYMOUS = False
+    client = await Client("/ws/chat/lobby/", headers=cookie).connect()
+    assert await client.closed_with() == 4401
+
+
+async def test_the_websocket_stack_refuses_an_http_scope_and_names_the_stock_one():
+    from chat.auth import TokenAuthMiddlewareStack
+
+    async def inner(scope, receive, send):
+        raise AssertionError("not reached")
+
+    scope = {"type": "http", "path": "/", "headers": [], "query_string": b""}
+    with pytest.raises(ValueError, match="channels.auth.AuthMiddlewareStack"):
+        await TokenAuthMiddlewareStack(inner)(scope, None, None)
