@@ -40,3 +40,29 @@ async def test_new_sockets_avoid_a_stopped_worker(native_stack):
         await asyncio.sleep(0.25)
     else:
         raise AssertionError(f"restarted ws-1 never got a socket; saw {seen}")
+
+
+async def test_restarting_the_ws_tier_keeps_the_hung_worker_check(native_stack):
+    """`scripts/local stop ws` + `start ws` (every worker, one command each) restarts
+    the workers only: ws-check, which takes hung workers out of nginx's upstream, runs
+    on, and `status` names every process without an error."""
+    check = native_stack.pid("ws-check")
+    assert check is not None
+    before = {i: native_stack.pid("ws", i) for i in (1, 2)}
+    native_stack.stop("ws")
+    try:
+        assert all(native_stack.pid("ws", i) is None for i in (1, 2))
+        assert native_stack.pid("ws-check") == check, "stopping the workers stopped ws-check"
+    finally:
+        native_stack.start("ws")
+    after = {i: native_stack.pid("ws", i) for i in (1, 2)}
+    assert None not in after.values() and set(after.values()).isdisjoint(before.values())
+    assert native_stack.pid("ws-check") == check
+    status = native_stack.run_local("status")
+    lines = {line.split()[0]: line for line in status.splitlines()}
+    assert set(lines) == {"db", "redis", "web", "ws-1", "ws-2", "nginx", "ws-check"}, status
+    assert all(" running " in line for line in lines.values()), status
+    # A new socket is served by the restarted tier.
+    ws, welcome = await open_chat(native_stack.ws_base, new_room("tier-restart"))
+    await ws.close()
+    assert welcome["worker"].split(":")[-1] in {str(pid) for pid in after.values()}
