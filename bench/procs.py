@@ -4,6 +4,7 @@ Every wait has a deadline so a server that never comes up fails the run with
 its log tail instead of hanging it.
 """
 import os
+import random
 import resource
 import signal
 import socket
@@ -15,11 +16,49 @@ REPO = Path(__file__).resolve().parent.parent
 VENV_BIN = REPO / ".venv" / "bin"
 
 
-def free_port():
-    """A port the kernel says is free now (tiny race accepted: loopback, retried by callers)."""
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return s.getsockname()[1]
+def _ephemeral_low() -> int:
+    try:
+        return int(Path("/proc/sys/net/ipv4/ip_local_port_range").read_text().split()[0])
+    except (OSError, ValueError, IndexError):
+        return 32768
+
+
+_handed_out: set[int] = set()  # never the same port twice in one run
+
+
+def free_run(n: int, tries: int = 200) -> int:
+    """A base port B with B+1..B+n free now, all below the kernel's ephemeral range.
+
+    A server started a moment later (or stopped and started again) must find its
+    port free: under load any ephemeral port may be the local end of an outgoing
+    connection (nginx to the workers, the clients), and one taken between picking
+    and binding failed a whole run (`ws-2: 127.0.0.1:35873 is already in use`).
+    """
+    top = min(32000, _ephemeral_low()) - n - 1
+    for _ in range(tries):
+        base = random.randint(20000, top)
+        ports = range(base + 1, base + n + 1)
+        if _handed_out.intersection(ports):
+            continue
+        socks = []
+        try:
+            for port in ports:
+                s = socket.socket()
+                socks.append(s)
+                s.bind(("127.0.0.1", port))
+        except OSError:
+            continue
+        finally:
+            for s in socks:
+                s.close()
+        _handed_out.update(ports)
+        return base
+    raise RuntimeError(f"no {n} consecutive free loopback ports below {top + n + 1}")
+
+
+def free_port() -> int:
+    """A loopback port free now, below the ephemeral range (free_run)."""
+    return free_run(1) + 1
 
 
 def raise_nofile():

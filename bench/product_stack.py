@@ -45,42 +45,18 @@ class ProductStack(procs.LoopbackURLs):
         self.state = Path(tempfile.mkdtemp(prefix="bench-product-"))
         os.chmod(self.state, 0o755)
         self.http_port = procs.free_port()
-        self.ws_base_port = self._free_run(workers)
+        self.ws_base_port = procs.free_run(workers)
         self.env = procs.clean_env(
             LOCAL_STATE_DIR=self.state, HTTP_PORT=self.http_port, LOCAL_WEB_PORT=procs.free_port(),
             LOCAL_WS_BASE_PORT=self.ws_base_port, LOCAL_PG_PORT=procs.free_port(),
             LOCAL_REDIS_PORT=procs.free_port(), WS_WORKERS=workers,
-            # Metrics ports (base+0..base+10+workers): below the ephemeral range, so
-            # no outgoing connection of the stack can take one first.
-            LOCAL_METRICS_BASE_PORT=self._free_run(10 + workers, below_ephemeral=True) + 1,
+            # Metrics ports (base+0..base+10+workers), like every port here below the
+            # ephemeral range, so no outgoing connection of the stack can take one first.
+            LOCAL_METRICS_BASE_PORT=procs.free_run(11 + workers) + 1,
             **OVERRIDES, **(extra_env or {}))
         self.overrides = {**OVERRIDES, **(extra_env or {})}
         self.db_probes = 0
         self.probe_xacts = None  # transactions one db_counts() probe adds, measured by up()
-
-    @staticmethod
-    def _free_run(n, tries=50, below_ephemeral=False):
-        """A base port whose next n ports are all free (the runner uses base+1..base+n)."""
-        import random
-        import socket
-
-        for _ in range(tries):
-            base = random.randint(20000, 32000 - n) if below_ephemeral else procs.free_port()
-            if base + n >= 65535:
-                continue
-            socks = []
-            try:
-                for i in range(1, n + 1):
-                    s = socket.socket()
-                    s.bind(("127.0.0.1", base + i))
-                    socks.append(s)
-                return base
-            except OSError:
-                continue
-            finally:
-                for s in socks:
-                    s.close()
-        raise RuntimeError("no run of free ports found for the ws workers")
 
     @property
     def ws_worker_urls(self):

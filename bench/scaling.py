@@ -17,12 +17,11 @@ The client process is on the same 2 cores as the stack: its parsing is part of
 every time reported.
 """
 import asyncio
-import random
 from collections import Counter
-import socket
 import time
 import uuid
 
+from bench import procs
 from bench.product_stack import ProductStack
 from clients.chatclient import Backoff, State, room_url
 from tests.faults import persisted
@@ -50,32 +49,11 @@ def _counts(health):
     return [h["admission"]["open"] for h in health.values()]
 
 
-def _ws_ports(workers):
-    """Worker ports below the kernel's ephemeral range (32768+): a worker stopped and
-    started again must find its port free, and with thousands of proxied sockets
-    some outgoing connection may hold an ephemeral port as its own."""
-    for _ in range(100):
-        base = random.randint(20000, 32000 - workers)
-        socks = []
-        try:
-            for i in range(1, workers + 1):
-                s = socket.socket()
-                socks.append(s)
-                s.bind(("127.0.0.1", base + i))
-            return base
-        except OSError:
-            continue
-        finally:
-            for s in socks:
-                s.close()
-    raise RuntimeError("no free run of ports below 32000")
-
-
 def _started(workers, env=None):
     """A fresh ProductStack, up; new ports when another process took one meanwhile."""
     for attempt in range(3):
         stack = ProductStack(workers, env)
-        stack.ws_base_port = _ws_ports(workers)
+        stack.ws_base_port = procs.free_run(workers)
         stack.env["LOCAL_WS_BASE_PORT"] = str(stack.ws_base_port)
         try:
             return stack.up()
