@@ -66,19 +66,21 @@ class SessionAuthMiddleware(AuthMiddleware):
     """channels' CookieMiddleware, SessionMiddleware and AuthMiddleware in one pass.
 
     It adds what those three add (scope["cookies"], scope["session"],
-    scope["user"]) to the scope it gets. Stacked, the three copy the scope three
-    times and each keeps a frame awaiting the socket's whole life. SessionMiddleware
-    also wraps send() to look at the session on every outgoing message. That wrapper
-    saves only on http.response.start, which a WebSocket never sends: a consumer that
-    changes the session saves it itself, as channels' docs say. Together that is
-    ~2.5 KiB per idle socket (docs/benchmarks.md). The scope is already this
-    connection's own: daphne makes one per connection. So WebSocket scopes only.
+    scope["user"]) to the scope it gets. Stacked as channels ships them, each copies
+    the scope and keeps a frame awaiting for the socket's whole life.
+    SessionMiddleware also wraps send() to look at the session on every outgoing
+    message. That wrapper saves only on http.response.start, which a WebSocket never
+    sends: a consumer that changes the session saves it itself, as channels' docs
+    say. Together that is ~2.5 KiB per idle socket (docs/benchmarks.md). The scope
+    is already this connection's own: daphne makes one per connection. So WebSocket
+    scopes only.
 
     A user given by a token (TokenAuthMiddleware) is left alone: with a token in
     play the session user would be a second, contradictory identity. Without a
     session the user is anonymous at once, without get_user's hop to the database
     thread (in a reconnect storm of cookie-less clients that hop is a large share of
-    each connect). In both cases no frame of this middleware outlives the handshake.
+    each connect). In both cases no frame of this middleware stays alive under the
+    socket; with a session, one does (it awaits get_user, then the inner app).
     """
 
     def __call__(self, scope, receive, send):
