@@ -1,6 +1,7 @@
 """nginx skips a dead daphne worker (proxy_next_upstream): new sockets still open,
 on the surviving worker, and the stopped worker rejoins the pool when restarted."""
 import asyncio
+import re
 import time
 
 from .wsclient import new_room, open_chat
@@ -45,7 +46,8 @@ async def test_new_sockets_avoid_a_stopped_worker(native_stack):
 async def test_restarting_the_ws_tier_keeps_the_hung_worker_check(native_stack):
     """`scripts/local stop ws` + `start ws` (every worker, one command each) restarts
     the workers only: ws-check, which takes hung workers out of nginx's upstream, runs
-    on, and `status` names every process without an error."""
+    on, `status` names every process without an error, and both workers get new
+    sockets again."""
     check = native_stack.pid("ws-check")
     assert check is not None
     before = {i: native_stack.pid("ws", i) for i in (1, 2)}
@@ -62,7 +64,26 @@ async def test_restarting_the_ws_tier_keeps_the_hung_worker_check(native_stack):
     lines = {line.split()[0]: line for line in status.splitlines()}
     assert set(lines) == {"db", "redis", "web", "ws-1", "ws-2", "nginx", "ws-check"}, status
     assert all(" running " in line for line in lines.values()), status
-    # A new socket is served by the restarted tier.
-    ws, welcome = await open_chat(native_stack.ws_base, new_room("tier-restart"))
-    await ws.close()
-    assert welcome["worker"].split(":")[-1] in {str(pid) for pid in after.values()}
+    # ws-check saw the workers go and come back: once each is marked back up (its
+    # RISE probes), nginx sends new sockets to both restarted workers again.
+    deadline = time.monotonic() + REJOIN_DEADLINE
+    while not _upstream_settled(native_stack):
+        assert time.monotonic() < deadline, "ws-check never marked the restarted workers back up"
+        await asyncio.sleep(0.1)
+    room, seen = new_room("tier-restart"), set()
+    while seen != {str(pid) for pid in after.values()}:
+        assert time.monotonic() < deadline, f"after the restart new sockets reached only {seen}"
+        ws, welcome = await open_chat(native_stack.ws_base, room)
+        await ws.close()
+        seen.add(welcome["worker"].split(":")[-1])
+        await asyncio.sleep(0.1)
+
+
+def _upstream_settled(stack) -> bool:
+    """Every worker ws-check marked down has been marked back up since (its log)."""
+    last = {}
+    for line in stack.log_path("ws-check").read_text().splitlines():
+        found = re.match(r"ws-upstream-check: (\S+) (marked down|back up)", line)
+        if found:
+            last[found[1]] = found[2]
+    return all(state == "back up" for state in last.values())
