@@ -168,9 +168,18 @@ class NativeStack:
                 if "already in use" not in str(exc) or attempt == 2:
                     raise
                 self.run_local("down", check=False)
+                self._set_logs_aside(attempt + 1)
                 self._pick_ports()
         self.settings = self._read_settings()
         return self
+
+    def _set_logs_aside(self, attempt: int) -> None:
+        """Keep a failed attempt's logs apart from the stack that runs: tests read the
+        live logs for crashes, and the Postgres stopped after a port clash logs its
+        background workers exiting."""
+        logs = self.state_dir / "log"
+        if logs.exists():
+            logs.rename(self.state_dir / f"log.failed-attempt-{attempt}")
 
     def _read_settings(self) -> dict[str, str]:
         out = self.run_local("env")

@@ -77,6 +77,29 @@ def test_second_instance_coexists_and_redis_refuses_dangerous_commands():
     assert not stack.state_dir.exists()
 
 
+def test_a_port_clash_at_start_is_retried_and_its_logs_set_aside():
+    """Another process holds a port the stack picked: the stack starts on fresh ports,
+    and the logs tests read for crashes are the running stack's only (the Postgres of
+    the failed attempt was stopped, which it logs as background workers exiting)."""
+    import socket
+
+    stack = NativeStack(workers=1)
+    squatter = socket.socket()
+    squatter.bind(("127.0.0.1", int(stack.ports["LOCAL_REDIS_PORT"])))
+    squatter.listen()
+    try:
+        stack.up("db", "redis")
+        assert stack.pid("db") and stack.pid("redis")
+        port, password = stack.ports["LOCAL_REDIS_PORT"], stack.settings["REDIS_PASSWORD"]
+        assert redis_cli(port, password, "ping") == "PONG"
+        failed = (stack.state_dir / "log.failed-attempt-1" / "db.log").read_text()
+        assert "shutting down" in failed
+        assert "shutting down" not in stack.log_path("db").read_text()
+    finally:
+        squatter.close()
+        stack.down()
+
+
 def test_gunicorn_config_reads_the_documented_settings(monkeypatch):
     env = {"BIND_HOST": "127.0.0.1", "PORT": str(free_port()), "WEB_CONCURRENCY": "3",
            "WEB_THREADS": "5", "WEB_TIMEOUT": "31", "WEB_GRACEFUL_TIMEOUT": "21"}
