@@ -5,6 +5,8 @@ import subprocess
 import sys
 from pathlib import Path
 
+import pytest
+
 from chat.logfilters import RedactTokens
 
 DJANGO_APP = Path(__file__).resolve().parents[2] / "django_app"
@@ -64,3 +66,9 @@ def test_token_redaction_filter_is_on_the_stdout_handler():
 def test_ws_gc_threshold_below_cpythons_default_refuses_to_start():
     result = _manage("check", WS_GC_THRESHOLD="100")
     assert result.returncode != 0 and "WS_GC_THRESHOLD must be at least 700" in result.stderr
+
+
+@pytest.mark.parametrize("value", ["-1", "1001"])
+def test_a_store_linger_out_of_range_refuses_to_start_naming_the_setting(value):
+    result = _manage("check", CHAT_STORE_LINGER_MS=value)
+    assert result.returncode != 0 and "CHAT_STORE_LINGER_MS must be 0..1000" in result.stderr

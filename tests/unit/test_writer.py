@@ -1,16 +1,18 @@
 """The worker's Writer: one statement for many rooms, and a write path that never
 waits on Redis. Real Postgres, and a real redis-server of the test's own that it
 freezes with SIGSTOP (a hung Redis keeps its connections open)."""
+import asyncio
 import os
 import shutil
 import signal
 import subprocess
 import time
 
+import psycopg
 import pytest
 from channels.db import database_sync_to_async
 
-from chat.delivery import store
+from chat.delivery import db, store, writer
 from chat.models import Message
 from wsworker import registry
 
@@ -39,6 +41,56 @@ async def test_messages_in_many_rooms_share_one_statement_with_dense_ids_per_roo
     assert len(stamps) <= 6, f"24 messages in 8 rooms took {len(stamps)} statements"
     for client in clients:
         await client.close()
+
+
+
+async def _until(condition, what, timeout=5.0):
+    deadline = time.monotonic() + timeout
+    while not condition():
+        assert time.monotonic() < deadline, what
+        await asyncio.sleep(0.01)
+
+
+@pytest.mark.parametrize("linger_ms", [0, 1000])
+async def test_under_load_the_writer_lingers_and_stores_what_arrives_meanwhile_in_one_statement(settings, linger_ms):
+    """CHAT_STORE_LINGER_MS: after a statement that stored several messages (load),
+    the next one waits, and a message sent meanwhile shares it; on a quiet worker a
+    message is stored at once. 0 turns the wait off."""
+    settings.CHAT_STORE_LINGER_MS = linger_ms
+    client, _ = await welcome("/ws/chat/linger/")
+    started = time.monotonic()
+    await client.send({"message": "alone"})
+    assert (await client.recv())["message"] == "alone"
+    assert time.monotonic() - started < 0.5, "a message on a quiet worker was held"
+    # Load: the room's row is held by another transaction, so one statement waits
+    # and two more messages queue behind it; they are then stored together.
+    locker = await psycopg.AsyncConnection.connect(autocommit=True, **db.connect_kwargs(5))
+    try:
+        async with locker.transaction():
+            await locker.execute("SELECT 1 FROM chat_room WHERE name = 'linger' FOR UPDATE")
+            await client.send({"message": "held"})
+            w = writer.writer()
+            await _until(lambda: not w.queue and w.task is not None and not w.task.done(),
+                         "the held message's statement never started")
+            await client.send({"message": "queued 1"})
+            await client.send({"message": "queued 2"})
+            await _until(lambda: len(w.queue) == 2, "the two messages never queued behind the held one")
+    finally:
+        await locker.close()
+    assert [(await client.recv())["message"] for _ in range(3)] == ["held", "queued 1", "queued 2"]
+    await _until(lambda: w.task.done(), "the Writer never went idle")
+    # The next statement lingers: a message sent 0.3 s after the first one joins it.
+    await client.send({"message": "first"})
+    await asyncio.sleep(0.3)
+    await client.send({"message": "second"})
+    assert [(await client.recv())["message"] for _ in range(2)] == ["first", "second"]
+    stamps = await database_sync_to_async(lambda: dict(
+        Message.objects.filter(room__name="linger", body__in=["first", "second"]).values_list("body", "created_at")))()
+    if linger_ms:
+        assert stamps["first"] == stamps["second"], "the message sent during the wait took a statement of its own"
+    else:
+        assert stamps["first"] != stamps["second"], "with CHAT_STORE_LINGER_MS=0 a message waited for the next one"
+    await client.close()
 
 
 def test_persist_batch_numbers_each_room_in_order():

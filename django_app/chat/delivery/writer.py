@@ -13,6 +13,16 @@ stored, and a slow or frozen Redis never holds up the next batch. A resend (a
 client_msg_id already stored in the room) is acknowledged with the original id
 and never published again.
 
+Under load the Writer lingers (CHAT_STORE_LINGER_MS): when its last statement
+stored more than one message, messages are arriving faster than a statement
+stores them, so it waits that long before the next one. That statement, its
+publish, and each other worker's read of it then carry several messages. At
+moderate rates a batch would otherwise hold one or two: each would pay a
+statement, a publish and the wake-ups of Postgres, Redis and every worker. In
+small rooms this is a third to half of the ws and Postgres CPU per message
+(docs/benchmarks.md). On a quiet worker (its last statement stored one message)
+a message is stored at once.
+
 Per room, CHAT_ROOM_MAX_BACKLOG bounds what may wait: past it the sender gets
 `unavailable` (overload), the room's other senders and other rooms go on.
 """
@@ -62,6 +72,7 @@ class Writer:
         self.queue: list = []  # (room, consumer, user_id, username, text, client_msg_id)
         self.task = None
         self.publisher = Publisher()
+        self.last_batch = 0  # messages the last statement stored: more than one means load
 
     def submit(self, room, consumer, user_id, username: str, text: str, client_msg_id=None) -> bool:
         """Queue a message; False when its room already has too many waiting (overload)."""
@@ -84,7 +95,11 @@ class Writer:
 
     async def _run(self):
         while self.queue:
+            linger = settings.CHAT_STORE_LINGER_MS
+            if linger and self.last_batch > 1 and len(self.queue) < BATCH_MAX:
+                await asyncio.sleep(linger / 1000)
             batch, self.queue = self.queue[:BATCH_MAX], self.queue[BATCH_MAX:]
+            self.last_batch = len(batch)
             rows = [(room.name, user_id, username, text, cid) for room, _c, user_id, username, text, cid in batch]
             try:
                 stored = await self._store(rows)
