@@ -229,11 +229,12 @@ CHAT_ROOM_CACHE = env.int("CHAT_ROOM_CACHE", default=256)
 CHAT_REORDER_WAIT_MS = env.int("CHAT_REORDER_WAIT_MS", default=200)
 CHAT_ROOM_MAX_BACKLOG = env.int("CHAT_ROOM_MAX_BACKLOG", default=10000)
 CHAT_PUBLISH_TIMEOUT_MS = env.int("CHAT_PUBLISH_TIMEOUT_MS", default=1000)
-CHAT_STORE_LINGER_MS = env.int("CHAT_STORE_LINGER_MS", default=10)
-if not 0 <= CHAT_STORE_LINGER_MS <= 1000:
-    raise ImproperlyConfigured(f"CHAT_STORE_LINGER_MS must be 0..1000 (milliseconds; 0 turns it off), not {CHAT_STORE_LINGER_MS}")
 if CHAT_PUBLISH_TIMEOUT_MS < 1:
     raise ImproperlyConfigured(f"CHAT_PUBLISH_TIMEOUT_MS must be at least 1, not {CHAT_PUBLISH_TIMEOUT_MS}")
+CHAT_STORE_LINGER_MS = env.int("CHAT_STORE_LINGER_MS", default=10)
+if not 0 <= CHAT_STORE_LINGER_MS <= 1000:
+    raise ImproperlyConfigured(
+        f"CHAT_STORE_LINGER_MS must be 0..1000 (milliseconds; 0 turns it off), not {CHAT_STORE_LINGER_MS}")
 CHAT_RATE_PER_SEC = env.float("CHAT_RATE_PER_SEC", default=5)
 CHAT_RATE_BURST = env.int("CHAT_RATE_BURST", default=20)
 CHAT_RATE_MAX_VIOLATIONS = env.int("CHAT_RATE_MAX_VIOLATIONS", default=20)

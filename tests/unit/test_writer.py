@@ -43,8 +43,8 @@ async def test_messages_in_many_rooms_share_one_statement_with_dense_ids_per_roo
         await client.close()
 
 
-
 async def _until(condition, what, timeout=5.0):
+    """Wait, bounded, until condition() holds; fail with `what` at the deadline."""
     deadline = time.monotonic() + timeout
     while not condition():
         assert time.monotonic() < deadline, what
