@@ -51,7 +51,7 @@ async def _until(condition, what, timeout=5.0):
         await asyncio.sleep(0.01)
 
 
-@pytest.mark.parametrize("linger_ms", [0, 1000])
+@pytest.mark.parametrize("linger_ms", [0, 500])
 async def test_under_load_the_writer_lingers_and_stores_what_arrives_meanwhile_in_one_statement(settings, linger_ms):
     """CHAT_STORE_LINGER_MS: after a statement that stored several messages (load),
     the next one waits, and a message sent meanwhile shares it; on a quiet worker a
@@ -61,7 +61,7 @@ async def test_under_load_the_writer_lingers_and_stores_what_arrives_meanwhile_i
     started = time.monotonic()
     await client.send({"message": "alone"})
     assert (await client.recv())["message"] == "alone"
-    assert time.monotonic() - started < 0.5, "a message on a quiet worker was held"
+    assert time.monotonic() - started < 0.4, "a message on a quiet worker was held"
     # Load: the room's row is held by another transaction, so one statement waits
     # and two more messages queue behind it; they are then stored together.
     locker = await psycopg.AsyncConnection.connect(autocommit=True, **db.connect_kwargs(5))
@@ -79,9 +79,9 @@ async def test_under_load_the_writer_lingers_and_stores_what_arrives_meanwhile_i
         await locker.close()
     assert [(await client.recv())["message"] for _ in range(3)] == ["held", "queued 1", "queued 2"]
     await _until(lambda: w.task.done(), "the Writer never went idle")
-    # The next statement lingers: a message sent 0.3 s after the first one joins it.
+    # The next statement lingers: a message sent 0.1 s after the first one joins it.
     await client.send({"message": "first"})
-    await asyncio.sleep(0.3)
+    await asyncio.sleep(0.1)
     await client.send({"message": "second"})
     assert [(await client.recv())["message"] for _ in range(2)] == ["first", "second"]
     stamps = await database_sync_to_async(lambda: dict(
@@ -90,6 +90,39 @@ async def test_under_load_the_writer_lingers_and_stores_what_arrives_meanwhile_i
         assert stamps["first"] == stamps["second"], "the message sent during the wait took a statement of its own"
     else:
         assert stamps["first"] != stamps["second"], "with CHAT_STORE_LINGER_MS=0 a message waited for the next one"
+    await client.close()
+
+
+
+@pytest.mark.parametrize("linger_ms", [0, 300])
+async def test_steady_traffic_makes_the_writer_wait_once_a_message_per_wait_arrives(settings, linger_ms):
+    """Messages that never share a statement, but arrive at several per
+    CHAT_STORE_LINGER_MS over the last second: the Writer starts waiting, and a
+    message sent during the wait shares the statement of the one before it."""
+    settings.CHAT_STORE_LINGER_MS = linger_ms
+    client, _ = await welcome("/ws/chat/steady/")
+    sent, waited = {}, None
+    for n in range(12):
+        sent[n] = time.monotonic()
+        await client.send({"message": f"m{n}"})
+        assert (await client.recv())["message"] == f"m{n}"  # one at a time: never two per statement
+        if time.monotonic() - sent[n] >= 0.25:
+            waited = n
+            break
+        await asyncio.sleep(0.05)
+    if not linger_ms:
+        assert waited is None, "with CHAT_STORE_LINGER_MS=0 a message was held"
+        await client.close()
+        return
+    assert waited is not None and waited >= 2, f"the Writer waited from message {waited}: not on steady traffic"
+    # Still steady: the next message waits again, and one sent 0.1 s after it joins it.
+    await client.send({"message": "first"})
+    await asyncio.sleep(0.1)
+    await client.send({"message": "second"})
+    assert [(await client.recv())["message"] for _ in range(2)] == ["first", "second"]
+    stamps = await database_sync_to_async(lambda: dict(
+        Message.objects.filter(room__name="steady", body__in=["first", "second"]).values_list("body", "created_at")))()
+    assert stamps["first"] == stamps["second"], "the message sent during the wait took a statement of its own"
     await client.close()
 
 

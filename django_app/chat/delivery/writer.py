@@ -13,21 +13,23 @@ stored, and a slow or frozen Redis never holds up the next batch. A resend (a
 client_msg_id already stored in the room) is acknowledged with the original id
 and never published again.
 
-Under load the Writer lingers (CHAT_STORE_LINGER_MS): when its last statement
-stored more than one message, messages are arriving faster than a statement
-stores them, so it waits that long before the next one. That statement, its
-publish, and each other worker's read of it then carry several messages. At
-moderate rates a batch would otherwise hold one or two: each would pay a
-statement, a publish and the wake-ups of Postgres, Redis and every worker. In
-small rooms this is a third to half of the ws and Postgres CPU per message
-(docs/benchmarks.md). On a quiet worker (its last statement stored one message)
-a message is stored at once.
+Under load the Writer lingers (CHAT_STORE_LINGER_MS): it waits that long
+before its next statement when another message is expected meanwhile, that is
+when the messages of about the last second arrive at one or more per wait, or
+its last statement stored more than one (a burst). That statement, its publish,
+and each other worker's read of it then carry several messages. At moderate
+rates a batch would otherwise hold one or two: each would pay a statement, a
+publish and the wake-ups of Postgres, Redis and every worker. In small rooms
+this is a third to half of the ws and Postgres CPU per message
+(docs/benchmarks.md). On a quiet worker a message is stored at once.
 
 Per room, CHAT_ROOM_MAX_BACKLOG bounds what may wait: past it the sender gets
 `unavailable` (overload), the room's other senders and other rooms go on.
 """
 import asyncio
 import logging
+import math
+import time
 import weakref
 
 from django.conf import settings
@@ -46,6 +48,7 @@ BATCH_MAX = 500  # rows per statement: bounds one statement's size and lock time
 # and braces) or when another worker stored the same client_msg_id concurrently (the
 # rerun then finds that row and returns it as a duplicate).
 STORE_RETRIES = 3
+RATE_WINDOW_SECONDS = 1.0  # the arrival rate that decides a wait: messages of about the last second
 
 # One Writer per event loop (one per worker process; tests run a loop per test).
 _writers: "weakref.WeakKeyDictionary[asyncio.AbstractEventLoop, Writer]" = weakref.WeakKeyDictionary()
@@ -72,13 +75,17 @@ class Writer:
         self.queue: list = []  # (room, consumer, user_id, username, text, client_msg_id)
         self.task = None
         self.publisher = Publisher()
-        self.last_batch = 0  # messages the last statement stored: more than one means load
+        self.last_batch = 0  # messages the last statement stored: more than one means a burst
+        self.rate = 0.0  # messages per second, decaying over RATE_WINDOW_SECONDS (_loaded)
+        self.arrived = 0  # submitted since the rate was last updated
+        self.rate_at = time.monotonic()
 
     def submit(self, room, consumer, user_id, username: str, text: str, client_msg_id=None) -> bool:
         """Queue a message; False when its room already has too many waiting (overload)."""
         if room.waiting >= settings.CHAT_ROOM_MAX_BACKLOG:
             return False
         room.waiting += 1
+        self.arrived += 1
         self.queue.append((room, consumer, user_id, username, text, client_msg_id))
         if self.task is None or self.task.done():
             self.task = asyncio.ensure_future(self._run())
@@ -95,9 +102,9 @@ class Writer:
 
     async def _run(self):
         while self.queue:
-            linger = settings.CHAT_STORE_LINGER_MS
-            if linger and self.last_batch > 1 and len(self.queue) < BATCH_MAX:
-                await asyncio.sleep(linger / 1000)
+            linger = settings.CHAT_STORE_LINGER_MS / 1000
+            if linger and len(self.queue) < BATCH_MAX and self._loaded(linger):
+                await asyncio.sleep(linger)
             batch, self.queue = self.queue[:BATCH_MAX], self.queue[BATCH_MAX:]
             self.last_batch = len(batch)
             rows = [(room.name, user_id, username, text, cid) for room, _c, user_id, username, text, cid in batch]
@@ -120,6 +127,14 @@ class Writer:
                 # This worker's other sockets need no Redis round trip either.
                 room.publish_local(msg["id"], payload)
                 self.publisher.put(room.group, room.MESSAGE_TYPE, msg["id"], payload)
+
+    def _loaded(self, linger: float) -> bool:
+        """Is another message expected during a wait of `linger` seconds? Once per statement."""
+        now = time.monotonic()
+        decay = math.exp(-(now - self.rate_at) / RATE_WINDOW_SECONDS)
+        self.rate = self.rate * decay + self.arrived / RATE_WINDOW_SECONDS
+        self.arrived, self.rate_at = 0, now
+        return self.last_batch > 1 or self.rate * linger >= 1
 
     async def _store(self, rows):
         for attempt in range(STORE_RETRIES + 1):
