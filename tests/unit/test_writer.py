@@ -51,6 +51,17 @@ async def _until(condition, what, timeout=5.0):
         await asyncio.sleep(0.01)
 
 
+async def _two_messages_one_statement(client, room: str) -> bool:
+    """Send "first", then "second" 0.1 s later; did one statement store both (same created_at)?"""
+    await client.send({"message": "first"})
+    await asyncio.sleep(0.1)
+    await client.send({"message": "second"})
+    assert [(await client.recv())["message"] for _ in range(2)] == ["first", "second"]
+    stamps = await database_sync_to_async(lambda: dict(
+        Message.objects.filter(room__name=room, body__in=["first", "second"]).values_list("body", "created_at")))()
+    return stamps["first"] == stamps["second"]
+
+
 @pytest.mark.parametrize("linger_ms", [0, 500])
 async def test_under_load_the_writer_lingers_and_stores_what_arrives_meanwhile_in_one_statement(settings, linger_ms):
     """CHAT_STORE_LINGER_MS: after a statement that stored several messages (load),
@@ -80,16 +91,11 @@ async def test_under_load_the_writer_lingers_and_stores_what_arrives_meanwhile_i
     assert [(await client.recv())["message"] for _ in range(3)] == ["held", "queued 1", "queued 2"]
     await _until(lambda: w.task.done(), "the Writer never went idle")
     # The next statement lingers: a message sent 0.1 s after the first one joins it.
-    await client.send({"message": "first"})
-    await asyncio.sleep(0.1)
-    await client.send({"message": "second"})
-    assert [(await client.recv())["message"] for _ in range(2)] == ["first", "second"]
-    stamps = await database_sync_to_async(lambda: dict(
-        Message.objects.filter(room__name="linger", body__in=["first", "second"]).values_list("body", "created_at")))()
+    shared = await _two_messages_one_statement(client, "linger")
     if linger_ms:
-        assert stamps["first"] == stamps["second"], "the message sent during the wait took a statement of its own"
+        assert shared, "the message sent during the wait took a statement of its own"
     else:
-        assert stamps["first"] != stamps["second"], "with CHAT_STORE_LINGER_MS=0 a message waited for the next one"
+        assert not shared, "with CHAT_STORE_LINGER_MS=0 a message waited for the next one"
     await client.close()
 
 
@@ -116,13 +122,8 @@ async def test_steady_traffic_makes_the_writer_wait_once_a_message_per_wait_arri
         return
     assert waited is not None and waited >= 2, f"the Writer waited from message {waited}: not on steady traffic"
     # Still steady: the next message waits again, and one sent 0.1 s after it joins it.
-    await client.send({"message": "first"})
-    await asyncio.sleep(0.1)
-    await client.send({"message": "second"})
-    assert [(await client.recv())["message"] for _ in range(2)] == ["first", "second"]
-    stamps = await database_sync_to_async(lambda: dict(
-        Message.objects.filter(room__name="steady", body__in=["first", "second"]).values_list("body", "created_at")))()
-    assert stamps["first"] == stamps["second"], "the message sent during the wait took a statement of its own"
+    assert await _two_messages_one_statement(client, "steady"), \
+        "the message sent during the wait took a statement of its own"
     await client.close()
 
 
