@@ -25,19 +25,22 @@ TLS: `NativeStack(tls={"TLS_MODE": "files", "TLS_CERT_DIR": dir})` (or
 "acme" with ACME_* settings) runs nginx with TLS as an operator would set it
 in .env; see tests/tls.py for the test CA and clients that trust it.
 
-Ports are picked free (bind port 0) at construction; the temp state dir keeps
+Ports are picked free at construction, all below the kernel's ephemeral range
+(bench.procs.free_run: a port an outgoing connection may take between picking
+and binding would fail the start; a clash is still retried); the temp state dir keeps
 several stacks (and other engineers' servers) from colliding. `up(*tiers)`
 starts only some tiers ("db", "redis"), like `scripts/local up db redis`.
 """
 from __future__ import annotations
 
 import os
-import random
 import shutil
 import socket
 import subprocess
 import tempfile
 from pathlib import Path
+
+from bench.procs import free_port, free_run  # noqa: F401  (free_port: for other tests' own servers)
 
 ROOT = Path(__file__).resolve().parent.parent
 LOCAL = ROOT / "scripts" / "local"
@@ -55,13 +58,6 @@ _NOT_INHERITED = (
 )
 
 
-def free_port() -> int:
-    """A loopback port nobody listens on right now (the OS picks it)."""
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return s.getsockname()[1]
-
-
 def _port_free(port: int) -> bool:
     with socket.socket() as s:
         try:
@@ -69,27 +65,6 @@ def _port_free(port: int) -> bool:
         except OSError:
             return False
         return True
-
-
-def _ephemeral_low() -> int:
-    try:
-        return int(Path("/proc/sys/net/ipv4/ip_local_port_range").read_text().split()[0])
-    except (OSError, ValueError, IndexError):
-        return 32768
-
-
-def free_port_range(count: int, attempts: int = 50, high: int = 60000) -> int:
-    """A base port B with B+1..B+count all free (ws workers listen on consecutive ports).
-
-    Below the kernel's ephemeral range: a worker stopped and started again (or
-    added later) must find its port free, and under load any ephemeral port may
-    be the local end of some outgoing connection (nginx to the workers)."""
-    top = min(high, _ephemeral_low()) - count - 1
-    for _ in range(attempts):
-        base = random.randint(20000, max(20001, top))
-        if all(_port_free(base + i) for i in range(1, count + 1)):
-            return base
-    raise RuntimeError(f"no {count} consecutive free loopback ports after {attempts} attempts")
 
 
 def alive(pid: int) -> bool:
@@ -129,12 +104,10 @@ class NativeStack:
             "LOCAL_WEB_PORT": free_port(),
             "LOCAL_PG_PORT": free_port(),
             # +1..+4 too: the sentinel and sharded topologies (scripts/local-redis).
-            "LOCAL_REDIS_PORT": free_port_range(5) + 1,
-            "LOCAL_WS_BASE_PORT": free_port_range(self.workers + self.spare_workers),
+            "LOCAL_REDIS_PORT": free_run(5) + 1,
+            "LOCAL_WS_BASE_PORT": free_run(self.workers + self.spare_workers),
             # scripts/local puts every metrics port at an offset of this base (up to +10+workers).
-            # Below Linux's ephemeral range (32768+): the monitoring tier binds them last,
-            # long after the stack's own outgoing connections took their ports.
-            "LOCAL_METRICS_BASE_PORT": free_port_range(10 + self.workers, high=32000) + 1,
+            "LOCAL_METRICS_BASE_PORT": free_run(10 + self.workers) + 1,
         }
 
     def _env(self) -> dict[str, str]:
