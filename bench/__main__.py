@@ -37,7 +37,7 @@ FULL = {
     "SPARSE100x4": dict(SPARSE),
     "SPARSE100x4w4": dict(SPARSE, workers=4),  # the same with 4 ws workers
 }
-SMOKE_STEP = dict(duration=1.0, drain_s=2.0, max_failures=2)
+SMOKE_STEP = dict(duration=1.0, drain_s=2.0, max_failures=2, refine=0)
 SMOKE = {
     "N10": dict(SMOKE_STEP, rooms=1, subs_per_room=10, pubs_per_room=1, steps=[100, 200]),
     "DM20": dict(MANY, **SMOKE_STEP, rooms=20, subs_per_room=2, steps=[40, 80]),

@@ -3,7 +3,10 @@
 A step passes when every message sent reached every subscriber of its room
 (0 lost) with p99 <= the latency budget. The knee is the highest delivered/s of
 a passing step. Steps stop after `max_failures` failing steps, so an overloaded
-stack never turns the run into a long wait.
+stack never turns the run into a long wait. Then up to `refine` more steps halve
+the gap between the highest passing step and the failing one above it (12,000
+and 15,000 → 13,500 → 12,800 or 14,200): two stacks that break between the
+same two scheduled steps get knees that tell them apart.
 
 Per step, the ws workers' CPU-seconds from the first send to the end of the
 drain give deliveries per server CPU-second; for a stack that stores, the
@@ -32,8 +35,23 @@ class Scenario:
     sub_procs: int = 2
     p99_budget_ms: float = 250.0
     max_failures: int = 2
+    refine: int = 2  # steps that halve the gap above the knee (0: the scheduled steps only)
     balance: str = "room"  # "room": even per room per worker; "nginx": where nginx puts each socket
     workers: int = 0  # ws workers the stack runs for this scenario (0: the run's --workers)
+
+
+def between(rows, closest=0.05):
+    """The offered rate halfway between the highest passing step and the lowest
+    failing step above it (3 significant figures), or None: no such pair, or the
+    two already within `closest` of each other (below the run-to-run noise)."""
+    passed = [r["target_per_s"] for r in rows if r["ok"]]
+    if not passed:
+        return None
+    lo = max(passed)
+    above = [r["target_per_s"] for r in rows if not r["ok"] and r["target_per_s"] > lo]
+    if not above or min(above) - lo <= closest * lo:
+        return None
+    return int(float(f"{(lo + min(above)) / 2:.3g}"))
 
 
 def _percentiles(lat_us):
@@ -230,6 +248,18 @@ class FanoutRun:
             last = now
         return last
 
+    def _step(self, rows, offered, kind="scheduled"):
+        """Run one step (topping up sockets a previous step lost first), log it, add its row."""
+        if rows and (rows[-1]["shed_sockets"] or rows[-1]["alive_after"] < self.sc.rooms * self.sc.subs_per_room):
+            self.ensure_subscribers()
+        row = self.run_step(len(rows) + 1, offered)
+        row["refined"] = kind == "refined"
+        rows.append(row)
+        self.log("  step {step}: offered {offered_per_s}/s delivered {delivered_per_s}/s lost {lost} "
+                 "p50 {p50_ms} p99 {p99_ms} ms".format(**row) + (" ok" if row["ok"] else " FAIL")
+                 + (" (refined)" if row["refined"] else ""))
+        return row
+
     def run(self):
         """Warm up, then step the offered load; returns the scenario's result dict."""
         self.connect()
@@ -241,17 +271,17 @@ class FanoutRun:
         stores = getattr(self.stack, "stores", False)
         db0 = self._db_settled() if stores else None
         rows, failures = [], 0
-        for i, offered in enumerate(self.sc.steps, 1):
-            if i > 1 and (rows[-1]["shed_sockets"] or rows[-1]["alive_after"] < self.sc.rooms * self.sc.subs_per_room):
-                self.ensure_subscribers()
-            row = self.run_step(i, offered)
-            rows.append(row)
-            self.log("  step {step}: offered {offered_per_s}/s delivered {delivered_per_s}/s lost {lost} "
-                     "p50 {p50_ms} p99 {p99_ms} ms".format(**row) + (" ok" if row["ok"] else " FAIL"))
-            if not row["ok"]:
+        for offered in self.sc.steps:
+            if not self._step(rows, offered)["ok"]:
                 failures += 1
                 if failures >= self.sc.max_failures:
                     break
+        for _ in range(self.sc.refine):
+            offered = between(rows)
+            if offered is None:
+                break
+            self._step(rows, offered, "refined")
+        rows.sort(key=lambda r: r["target_per_s"])
         db = None
         if stores:
             db1 = self._db_settled()

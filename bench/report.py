@@ -170,7 +170,7 @@ def markdown(results):
                              f"| {r['refused'] or ''} | {_shed(r)} | {_fmt(r['p50_ms'])} "
                              f"| {_fmt(r['p95_ms'])} | {_fmt(r['p99_ms'])} | {ws} "
                              f"| {_fmt(r.get('deliveries_per_ws_cpu_s'))} | {redis} | {nginx} | {pg} "
-                             f"| {client} | {'yes' if r['ok'] else 'no'} |")
+                             f"| {client} | {'yes' if r['ok'] else 'no'}{' (refined)' if r.get('refined') else ''} |")
     for label in results["stacks"]:
         cap = results["stacks"].get(label, {}).get("capacity")
         if not cap:
