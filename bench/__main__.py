@@ -97,6 +97,8 @@ def parse(argv):
     ap.add_argument("--scenarios", default=None, help="comma list of scenario names (default: all of the mode)")
     ap.add_argument("--duration", type=float, default=None, help="seconds of sending per step")
     ap.add_argument("--steps", default=None, help="comma list of offered deliveries/s")
+    ap.add_argument("--refine", type=int, default=None,
+                    help="steps that halve the gap above the knee (default: the scenario's, 2; 0: none)")
     ap.add_argument("--workers", type=int, default=2, help="daphne workers per stack")
     ap.add_argument("--pubs", type=int, default=None, help="publisher sockets per room (default: scenario's)")
     ap.add_argument("--sub-procs", type=int, default=2, help="subscriber client processes")
@@ -144,6 +146,8 @@ def run_stack(label, workers, names, table, args, extra_env, results, capacity_t
                 kw["pubs_per_room"] = args.pubs
             if args.steps:
                 kw["steps"] = [int(s) for s in args.steps.split(",")]
+            if args.refine is not None:
+                kw["refine"] = args.refine
             print(f"== {label}: fan-out {name} (load average {os.getloadavg()[0]:.2f})", flush=True)
             out["fanout"][name] = run_scenario(stack, Scenario(**kw), log=lambda m: print(m, flush=True))
         if capacity_too and (idle or connects):
