@@ -2,13 +2,13 @@
 REAL Redis (the channel layer), configured only through the environment the lead's
 `make test` exports (POSTGRES_*, REDIS_*, DJANGO_SECRET_KEY)."""
 import json
-import socket
 
 import pytest
 from channels.db import database_sync_to_async
 from channels.testing import WebsocketCommunicator
 from django.core.management import call_command
 
+from bench.procs import free_port  # noqa: F401  (below the ephemeral range: for the tests' own servers)
 from config.asgi import application
 from wsworker.frames import SCOPE_FRAMES
 
@@ -34,12 +34,6 @@ def collected_static(tmp_path_factory):
 @pytest.fixture(autouse=True)
 def writer_connection_closed(close_writer_connection):
     """Every unit test closes its loop's async Postgres connections (tests/conftest.py)."""
-
-
-def free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return s.getsockname()[1]
 
 
 class Client:
