@@ -248,12 +248,12 @@ class FanoutRun:
             last = now
         return last
 
-    def _step(self, rows, offered, kind="scheduled"):
+    def _step(self, rows, offered, refined=False):
         """Run one step (topping up sockets a previous step lost first), log it, add its row."""
         if rows and (rows[-1]["shed_sockets"] or rows[-1]["alive_after"] < self.sc.rooms * self.sc.subs_per_room):
             self.ensure_subscribers()
         row = self.run_step(len(rows) + 1, offered)
-        row["refined"] = kind == "refined"
+        row["refined"] = refined
         rows.append(row)
         self.log("  step {step}: offered {offered_per_s}/s delivered {delivered_per_s}/s lost {lost} "
                  "p50 {p50_ms} p99 {p99_ms} ms".format(**row) + (" ok" if row["ok"] else " FAIL")
@@ -280,7 +280,7 @@ class FanoutRun:
             offered = between(rows)
             if offered is None:
                 break
-            self._step(rows, offered, "refined")
+            self._step(rows, offered, refined=True)
         rows.sort(key=lambda r: r["target_per_s"])
         db = None
         if stores:
