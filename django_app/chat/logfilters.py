@@ -13,8 +13,16 @@ def redact(text: str) -> str:
     return TOKEN_RE.sub(r"\1[redacted]", text)
 
 
+# Attributes every LogRecord has; anything else on a record came in as `extra=`.
+_RECORD_FIELDS = frozenset(vars(logging.makeLogRecord({}))) | {"message", "asctime"}
+
+
 class RedactTokens(logging.Filter):
-    """Attached to the handler so it also covers records from every library logger."""
+    """Attached to the handler so it also covers records from every library logger.
+
+    The message, and the `extra=` attributes too: LOG_FORMAT=json writes every
+    extra as a field, and Django's request log (django.request: every 4xx and
+    5xx) passes the request, whose repr carries the query string."""
 
     def filter(self, record: logging.LogRecord) -> bool:
         try:
@@ -24,6 +32,13 @@ class RedactTokens(logging.Filter):
         cleaned = redact(message)
         if cleaned != message:
             record.msg, record.args = cleaned, None
+        for key in [k for k in vars(record) if k not in _RECORD_FIELDS]:
+            value = getattr(record, key)
+            if isinstance(value, (int, float, bool, type(None))):
+                continue
+            text = str(value)
+            if TOKEN_RE.search(text):
+                setattr(record, key, redact(text))  # the formatter would write str(value) anyway
         return True
 
 

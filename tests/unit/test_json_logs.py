@@ -11,6 +11,7 @@ import signal
 import subprocess
 import sys
 import time
+import urllib.error
 import urllib.request
 from pathlib import Path
 
@@ -71,6 +72,10 @@ def test_gunicorn_writes_json_lines_and_metrics_off_stays_off(tmp_path):
             except OSError:
                 assert time.monotonic() < deadline and proc.poll() is None, (tmp_path / "web.log").read_text()
                 time.sleep(0.2)
+        # Django logs every 4xx with the request as an extra: a JSON field, query string included.
+        with pytest.raises(urllib.error.HTTPError) as missing:
+            urllib.request.urlopen(f"http://127.0.0.1:{port}/no-such-page?token=s3cr3t", timeout=5)
+        assert missing.value.code == 404
     finally:
         proc.terminate()
         proc.wait(timeout=30)
@@ -78,6 +83,7 @@ def test_gunicorn_writes_json_lines_and_metrics_off_stays_off(tmp_path):
     records = [json.loads(line) for line in lines]  # every line, gunicorn's own included
     assert any(r["logger"] == "gunicorn.error" and "Listening at" in r["message"] for r in records)
     assert any(r["logger"] == "gunicorn.access" and "/healthz" in r["message"] for r in records)
+    assert any(r["logger"] == "django.request" and "token=[redacted]" in r.get("request", "") for r in records)
     assert "s3cr3t" not in "\n".join(lines)
     assert not (tmp_path / "missing").exists()
 
@@ -92,6 +98,9 @@ def test_the_ws_worker_writes_json_lines_its_access_lines_included():
     try:
         status = urllib.request.urlopen(f"http://127.0.0.1:{port}/healthz?token=s3cr3t", timeout=5).status
         assert status == 200
+        with pytest.raises(urllib.error.HTTPError) as missing:
+            urllib.request.urlopen(f"http://127.0.0.1:{port}/no-such-page?token=s3cr3t", timeout=5)
+        assert missing.value.code == 404
 
         async def refused_socket():
             async with websockets.connect(f"ws://127.0.0.1:{port}/ws/chat/jsonlog/?token=s3cr3t", open_timeout=5) as ws:
@@ -107,6 +116,7 @@ def test_the_ws_worker_writes_json_lines_its_access_lines_included():
     lines = [line for line in out.splitlines() if line.strip()]
     records = [json.loads(line) for line in lines]  # every line, the access lines included
     access = [r["message"] for r in records if r["logger"] == "wsworker.access"]
+    assert any('"GET /no-such-page?token=[redacted]" 404' in m for m in access), access
     assert any('"GET /healthz?token=[redacted]" 200' in m for m in access), access
     assert any('"WSCONNECT /ws/chat/jsonlog/"' in m for m in access), access
     assert any('"WSDISCONNECT /ws/chat/jsonlog/"' in m for m in access), access
