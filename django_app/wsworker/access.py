@@ -10,11 +10,16 @@ string anyway).
 
 One line per HTTP request (method, path, status, bytes) and per WebSocket
 outcome: connected, rejected (the app or the handshake timeout refused it) or
-disconnected. daphne's extra "connecting" line is dropped: every handshake ends
+disconnected. A health probe that passes (/healthz or /readyz answered 200) is
+logged at DEBUG: the native runner's upstream check alone probes each worker
+twice a second (170,000 lines a day per worker, drowning the lines that
+matter); a failing probe (a 503 from /readyz) stays at INFO. daphne's extra "connecting" line is dropped: every handshake ends
 in one of the other three. An access log file named with daphne's --access-log
 keeps daphne's own lines (wsworker.server).
 """
 import logging
+
+from .health import PATHS as PROBE_PATHS
 
 logger = logging.getLogger("wsworker.access")
 
@@ -23,13 +28,18 @@ _WS_ACTIONS = {"connected": "WSCONNECT", "rejected": "WSREJECT", "disconnected":
 
 def log_action(protocol: str, action: str, details: dict) -> None:
     """daphne's action_logger interface: (protocol, action, details)."""
-    if not logger.isEnabledFor(logging.INFO):
-        return
     if protocol == "http" and action == "complete":
-        logger.info('%s "%s %s" %s %s', _client(details), details.get("method"), details.get("path"),
-                    details.get("status") or "-", details.get("size") or "-")
+        level = logging.DEBUG if _passing_probe(details) else logging.INFO
+        if logger.isEnabledFor(level):
+            logger.log(level, '%s "%s %s" %s %s', _client(details), details.get("method"), details.get("path"),
+                       details.get("status") or "-", details.get("size") or "-")
     elif protocol == "websocket" and action in _WS_ACTIONS:
         logger.info('%s "%s %s"', _client(details), _WS_ACTIONS[action], details.get("path"))
+
+
+def _passing_probe(details: dict) -> bool:
+    """daphne's path carries the query string."""
+    return details.get("status") == 200 and str(details.get("path") or "").split("?", 1)[0] in PROBE_PATHS
 
 
 def _client(details: dict) -> str:

@@ -18,6 +18,7 @@ import json
 from . import admission, redisconf, registry
 
 TIMEOUT = 2.0
+PATHS = ("/healthz", "/readyz")  # answered here; wsworker.access logs them at DEBUG when they pass
 
 
 def _describe(exc: Exception) -> str:
@@ -76,7 +77,7 @@ class WorkerHealthApp:
 
     async def __call__(self, scope, receive, send):
         path = scope.get("path")
-        if scope["type"] == "http" and path in ("/healthz", "/readyz"):
+        if scope["type"] == "http" and path in PATHS:
             if path == "/healthz":
                 return await _respond(
                     send,
