@@ -36,7 +36,10 @@ class RedactTokens(logging.Filter):
             value = getattr(record, key)
             if isinstance(value, (int, float, bool, type(None))):
                 continue
-            text = str(value)
+            try:
+                text = str(value)
+            except Exception:  # a filter that raises would fail the logging call itself
+                continue
             if TOKEN_RE.search(text):
                 setattr(record, key, redact(text))  # the formatter would write str(value) anyway
         return True

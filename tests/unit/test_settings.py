@@ -63,6 +63,23 @@ def test_token_redaction_filter_is_on_the_stdout_handler():
     assert record.getMessage() == "GET /ws/chat/a/?token=[redacted]&after=3"
 
 
+def test_token_redaction_covers_extras_and_survives_one_that_cannot_be_printed():
+    class Request:  # what django.request passes as `extra`: its repr carries the query string
+        def __str__(self):
+            return "<ASGIRequest: GET '/api/rooms/?token=s3cr3t'>"
+
+    class Unprintable:
+        def __str__(self):
+            raise ValueError("no")
+
+    record = logging.makeLogRecord({"msg": "Not Found: %s", "args": ("/api/rooms/",), "request": Request(),
+                                    "status_code": 404, "odd": Unprintable()})
+    assert RedactTokens().filter(record)
+    assert record.request == "<ASGIRequest: GET '/api/rooms/?token=[redacted]'>"
+    assert record.status_code == 404 and isinstance(record.odd, Unprintable)
+    assert record.getMessage() == "Not Found: /api/rooms/"
+
+
 def test_ws_gc_threshold_below_cpythons_default_refuses_to_start():
     result = _manage("check", WS_GC_THRESHOLD="100")
     assert result.returncode != 0 and "WS_GC_THRESHOLD must be at least 700" in result.stderr
