@@ -10,12 +10,14 @@ string anyway).
 
 One line per HTTP request (method, path, status, bytes) and per WebSocket
 outcome: connected, rejected (the app or the handshake timeout refused it) or
-disconnected. A health probe that passes (/healthz or /readyz answered 200) is
-logged at DEBUG: the native runner's upstream check alone probes each worker
-twice a second (170,000 lines a day per worker, drowning the lines that
-matter); a failing probe (a 503 from /readyz) stays at INFO. daphne's extra "connecting" line is dropped: every handshake ends
+disconnected. daphne's extra "connecting" line is dropped: every handshake ends
 in one of the other three. An access log file named with daphne's --access-log
 keeps daphne's own lines (wsworker.server).
+
+A health probe that passes (/healthz or /readyz answered 200) is a DEBUG line:
+the native runner's upstream check alone probes each worker twice a second
+(170,000 lines a day per worker, drowning the lines that matter). A failing
+probe (a 503 from /readyz) stays at INFO.
 """
 import logging
 
@@ -38,7 +40,7 @@ def log_action(protocol: str, action: str, details: dict) -> None:
 
 
 def _passing_probe(details: dict) -> bool:
-    """daphne's path carries the query string."""
+    """A probe path answered 200 (daphne's path carries the query string: compared without it)."""
     return details.get("status") == 200 and str(details.get("path") or "").split("?", 1)[0] in PROBE_PATHS
 
 
