@@ -4,6 +4,7 @@ On a fast day both stacks passed N100's last step (120,000/s); the report then
 ranked them by the rate each delivered at that same step (120,000 vs 119,910)
 and called ours ahead. An operator must read "≥", and no verdict from it.
 """
+from bench.report import summary
 from bench.report_rooms import at_ceiling, markdown, targets
 
 STEPS = [1000, 2000, 4000]
@@ -50,3 +51,11 @@ def test_a_share_of_an_n10_knee_at_the_last_step_is_an_upper_bound_and_proves_no
     many = _res(STEPS, (1000, True), (2000, True), (4000, False), rooms=200)
     results = _results({"N10": n10, "G200x15": many}, {"N10": n10, "G200x15": many})
     assert _verdict(targets(results), "G200x15: knee ≥ 50 % of ours' N10 knee") == ("≤ 0.50×", False)
+
+
+def test_the_headline_table_says_when_ours_passed_the_last_step():
+    top = _res(STEPS, (1000, True), (2000, True), (4000, True))
+    below = _res(STEPS, (1000, True), (2000, True), (4000, False))
+    labels = [row[0] for row in summary(_results({"N10": top, "DM2000": below}, {}))]
+    assert "N10: loss-free delivered/s (knee; ours passed the last step: ≥)" in labels
+    assert "DM2000: loss-free delivered/s (knee)" in labels
