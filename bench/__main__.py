@@ -40,10 +40,12 @@ FULL = {
     "SPARSE100x4w4": dict(SPARSE, workers=4),  # the same with 4 ws workers
 }
 SMOKE_STEP = dict(duration=1.0, drain_s=2.0, max_failures=2, refine=0)
+# Every smoke step must cost the workers measurable CPU: psutil reads it in 10 ms
+# ticks, and on a fast day N10's 1-second step at 100/s read 0.0 CPU-s (CI, session 18).
 SMOKE = {
-    "N10": dict(SMOKE_STEP, rooms=1, subs_per_room=10, pubs_per_room=1, steps=[100, 200]),
-    "DM20": dict(MANY, **SMOKE_STEP, rooms=20, subs_per_room=2, steps=[40, 80]),
-    "G4x5": dict(MANY, **SMOKE_STEP, rooms=4, subs_per_room=5, steps=[50, 100]),
+    "N10": dict(SMOKE_STEP, rooms=1, subs_per_room=10, pubs_per_room=1, steps=[500, 1000]),
+    "DM20": dict(MANY, **SMOKE_STEP, rooms=20, subs_per_room=2, steps=[100, 200]),
+    "G4x5": dict(MANY, **SMOKE_STEP, rooms=4, subs_per_room=5, steps=[100, 200]),
     "SPARSE10x4": dict(SPARSE, rooms=10, steps=[20], duration=4.0, drain_s=2.0),
     "SPARSE10x4w4": dict(SPARSE, rooms=10, steps=[20], duration=4.0, drain_s=2.0, workers=4),
 }
