@@ -28,8 +28,11 @@ STEPS = [100, 250, 500, 1000, 2000, 3000, 4000, 6000, 8000, 10000, 12000, 15000,
 # over the rooms.
 MANY = dict(pubs_per_room=1, steps=[25, 50] + STEPS, balance="nginx")  # knees below 100/s were seen
 # Sparse rooms for the Postgres cost per message: one message per room every
-# 4 s (longer than the product's 2 s quiet-room spell), 6 per room per run.
-SPARSE = dict(rooms=100, subs_per_room=4, pubs_per_room=1, steps=[100], duration=24.0, balance="nginx")
+# 4 s (longer than the product's 2 s quiet-room spell), 6 per room per window.
+# Three windows pooled (one moved 18-42 % between runs), after 12 s of the same
+# sockets with nothing sent: the stack's cost before any message.
+SPARSE = dict(rooms=100, subs_per_room=4, pubs_per_room=1, steps=[100], duration=24.0, balance="nginx",
+              windows=3, idle_s=12.0)
 FULL = {
     "N10": dict(rooms=1, subs_per_room=10, pubs_per_room=2, steps=STEPS),
     "N100": dict(rooms=1, subs_per_room=100, pubs_per_room=2, steps=STEPS),
@@ -46,8 +49,8 @@ SMOKE = {
     "N10": dict(SMOKE_STEP, rooms=1, subs_per_room=10, pubs_per_room=1, steps=[500, 1000]),
     "DM20": dict(MANY, **SMOKE_STEP, rooms=20, subs_per_room=2, steps=[100, 200]),
     "G4x5": dict(MANY, **SMOKE_STEP, rooms=4, subs_per_room=5, steps=[100, 200]),
-    "SPARSE10x4": dict(SPARSE, rooms=10, steps=[20], duration=4.0, drain_s=2.0),
-    "SPARSE10x4w4": dict(SPARSE, rooms=10, steps=[20], duration=4.0, drain_s=2.0, workers=4),
+    "SPARSE10x4": dict(SPARSE, rooms=10, steps=[20], duration=4.0, drain_s=2.0, windows=2, idle_s=2.0),
+    "SPARSE10x4w4": dict(SPARSE, rooms=10, steps=[20], duration=4.0, drain_s=2.0, windows=2, idle_s=2.0, workers=4),
 }
 
 
@@ -150,6 +153,8 @@ def run_stack(label, workers, names, table, args, extra_env, results, capacity_t
                 kw["pubs_per_room"] = args.pubs
             if args.steps:
                 kw["steps"] = [int(s) for s in args.steps.split(",")]
+                if len(kw["steps"]) > 1:
+                    kw["windows"] = 1  # a schedule of steps, not one rate sent again
             if args.refine is not None:
                 kw["refine"] = args.refine
             print(f"== {label}: fan-out {name} (load average {os.getloadavg()[0]:.2f})", flush=True)

@@ -3,6 +3,7 @@
 Reported in percent of ONE core so a saturated single-threaded worker reads
 ~100 and the client processes can be compared to it directly.
 """
+import os
 import time
 
 import psutil
@@ -45,6 +46,10 @@ class CpuWindow:
         return {name: round(100.0 * (end[name] - self._start.get(name, 0.0)) / wall, 1)
                 for name in end}
 
+    def elapsed(self):
+        """Wall seconds since start()."""
+        return time.monotonic() - self._t0
+
     def seconds(self):
         """CPU-seconds each process (with children) used since start(), without stopping."""
         end = self._times()
@@ -59,3 +64,36 @@ def rss(pid, children=False):
         return sum(p.memory_info().rss for p in procs)
     except psutil.NoSuchProcess:
         return 0
+
+
+def thread_cpu_s(pid):
+    """CPU-seconds of every live thread of `pid`, in nanoseconds from the scheduler
+    (/proc/PID/task/*/schedstat), or None where that is not readable.
+
+    psutil's cpu_times count 10 ms ticks: an idle worker uses a few ms per second,
+    so a 24-second idle window would read it to ±15 %. The scheduler's clock does
+    not round. A thread that exits inside a window takes its time with it, so this
+    is for windows where the servers start no work (idle sockets)."""
+    try:
+        tasks = os.listdir(f"/proc/{pid}/task")
+    except OSError:
+        return None
+    total = 0
+    for tid in tasks:
+        try:
+            with open(f"/proc/{pid}/task/{tid}/schedstat") as f:
+                total += int(f.read().split()[0])
+        except (OSError, ValueError, IndexError):
+            pass  # gone between the listing and the read
+    return total / 1e9
+
+
+def idle_cpu_ms_per_s(pids, seconds):
+    """(ms of CPU per second of each pid over `seconds` of doing nothing asked of them, wall s)."""
+    before = {name: thread_cpu_s(pid) for name, pid in pids.items()}
+    t0 = time.monotonic()
+    time.sleep(seconds)
+    after = {name: thread_cpu_s(pid) for name, pid in pids.items()}
+    wall = time.monotonic() - t0
+    return {name: round(1000 * (after[name] - before[name]) / wall, 3) for name in pids
+            if before[name] is not None and after[name] is not None}, wall

@@ -20,7 +20,7 @@ from dataclasses import asdict, dataclass, field
 import numpy as np
 
 from bench.client import Proc, pids_of
-from bench.cpu import CpuWindow
+from bench.cpu import CpuWindow, idle_cpu_ms_per_s
 
 
 @dataclass
@@ -38,6 +38,17 @@ class Scenario:
     refine: int = 2  # steps that halve the gap above the knee (0: the scheduled steps only)
     balance: str = "room"  # "room": even per room per worker; "nginx": where nginx puts each socket
     workers: int = 0  # ws workers the stack runs for this scenario (0: the run's --workers)
+    # A fixed-rate scenario (one step) sends its step this many times, and its figures pool
+    # them: one 24-second sparse window moved 18-42 % between runs (session 18).
+    windows: int = 1
+    # Seconds the servers' CPU is read with every socket connected and nothing sent
+    # (0: none): what the stack costs before any message, so a fixed-rate scenario's
+    # CPU splits into that and a cost per message.
+    idle_s: float = 0.0
+
+    def __post_init__(self):
+        if self.windows > 1 and len(self.steps) != 1:
+            raise ValueError(f"{self.name}: windows={self.windows} needs a fixed-rate scenario (one step)")
 
 
 def between(rows, closest=0.05):
@@ -191,6 +202,7 @@ class FanoutRun:
         expected = sent * sc.subs_per_room
         self._drain(step, expected)
         cpu_s = cpu.seconds()  # send start .. drain end: every delivery's server work
+        cpu_wall_s = cpu.elapsed()
         ws_cpu_s = sum(v for k, v in cpu_s.items() if k.startswith("ws"))
         lat, received, closed, resumed, alive = [], 0, {}, {}, 0
         for p in self.subs:
@@ -225,6 +237,7 @@ class FanoutRun:
             **_percentiles(lat_us),
             "cpu_pct": cpu_pct,
             "ws_cpu_s": round(ws_cpu_s, 3),
+            "cpu_window_s": round(cpu_wall_s, 3),
             "deliveries_per_ws_cpu_s": round(min(received, expected) / ws_cpu_s) if ws_cpu_s > 0 else None,
         }
         row["ok"] = bool(row["lost"] == 0 and row["p99_ms"] is not None and row["p99_ms"] <= sc.p99_budget_ms
@@ -270,8 +283,13 @@ class FanoutRun:
         self.log(f"  warm-up: received {warm['received']}/{warm['expected']}")
         stores = getattr(self.stack, "stores", False)
         db0 = self._db_settled() if stores else None
+        idle = None
+        if sc.idle_s:
+            if not stores:
+                time.sleep(3.0)  # as long as _db_settled's shortest wait: both stacks idle alike before
+            idle = self.idle_window()
         rows, failures = [], 0
-        for offered in self.sc.steps:
+        for offered in self.sc.steps * self.sc.windows:
             if not self._step(rows, offered)["ok"]:
                 failures += 1
                 if failures >= self.sc.max_failures:
@@ -294,10 +312,49 @@ class FanoutRun:
                      f"{db['per_stored_message']} per message")
         passing = [r for r in rows if r["ok"]]
         knee = max(passing, key=lambda r: r["delivered_per_s"]) if passing else None
+        windows = pooled(rows) if sc.windows > 1 and rows else None
+        if windows is not None:
+            knee = windows if windows["ok"] else None
+            self.log(f"  {sc.name}: {len(rows)} windows pooled: {windows['deliveries_per_ws_cpu_s']} deliveries "
+                     f"per ws CPU-s (windows: {windows['windows']})")
         return {"scenario": asdict(self.sc), "workers": self.workers, "distribution": self.distribution,
                 "rooms_spanning_workers": self.spans, "publisher_distribution": self.pub_distribution,
-                "warmup": warm, "steps": rows, "knee": knee, "postgres": db,
+                "warmup": warm, "idle": idle, "steps": rows, "pooled": windows, "knee": knee, "postgres": db,
+                "per_message_above_idle": above_idle(rows, idle),
                 "loadavg": list(os.getloadavg())}
+
+    def idle_window(self):
+        """The ws workers' CPU with every socket connected and nothing sent, for `idle_s` seconds
+        (the stack's own timers, keepalive pings and health probes)."""
+        ws = {k: v for k, v in self.stack.server_pids().items() if k.startswith("ws")}
+        per, wall = idle_cpu_ms_per_s(ws, self.sc.idle_s)
+        total = round(sum(per.values()), 3)
+        self.log(f"  idle: {total} ms of ws CPU per second over {len(per)} workers ({wall:.1f} s, nothing sent)")
+        return {"seconds": round(wall, 1), "ws_cpu_ms_per_s": total, "per_worker": per}
+
+
+def pooled(rows):
+    """A fixed-rate scenario's windows as one row: deliveries and ws CPU-seconds summed over
+    every window, latencies those of its worst window (by p99), ok only if every one was;
+    `windows` keeps each window's own deliveries per ws CPU-s, to show their spread."""
+    delivered = sum(min(r["received"], r["expected"]) for r in rows)
+    cpu = sum(r["ws_cpu_s"] for r in rows)
+    worst = max(rows, key=lambda r: (r["p99_ms"] is None, r["p99_ms"] or 0))
+    return {**worst, "ok": all(r["ok"] for r in rows), "lost": sum(r["lost"] for r in rows),
+            "sent": sum(r["sent"] for r in rows), "ws_cpu_s": round(cpu, 3),
+            "deliveries_per_ws_cpu_s": round(delivered / cpu) if cpu > 0 else None,
+            "windows": [r["deliveries_per_ws_cpu_s"] for r in rows]}
+
+
+def above_idle(rows, idle):
+    """ms of ws CPU per message sent beyond what the idle stack spends in the same time, over
+    the passing steps, or None without an idle window."""
+    ok = [r for r in rows if r["ok"] and r.get("cpu_window_s")]
+    sent = sum(r["sent"] for r in ok)
+    if not idle or not sent:
+        return None
+    extra_s = sum(r["ws_cpu_s"] for r in ok) - idle["ws_cpu_ms_per_s"] / 1000 * sum(r["cpu_window_s"] for r in ok)
+    return round(1000 * extra_s / sent, 3)
 
 
 def run_scenario(stack, sc, log=print):

@@ -128,6 +128,9 @@ def markdown(results):
         lines.append(f"| {name} | {_fmt(value)} | {'yes' if ok else '**no**'} |")
     lines += ["", "Every scenario and stack (deliveries per ws CPU-s: the server processes' own CPU, from the first "
               "send of the knee step to the end of its drain):", "", report_rooms.markdown(results)]
+    idle = report_rooms.idle_markdown(results)
+    if idle:
+        lines += ["", idle]
     same = report_rooms.same_load_markdown(results)
     if same:
         lines += ["", same]

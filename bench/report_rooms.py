@@ -29,9 +29,11 @@ def _res(results, label, name):
 
 
 def _knee(res):
-    """The knee row, or the one step of a fixed-rate scenario even when it failed."""
+    """The knee row, or a fixed-rate scenario's pooled windows or one step even when they failed."""
     if res.get("knee"):
         return res["knee"]
+    if res.get("pooled"):
+        return res["pooled"]
     steps = res.get("steps") or []
     return steps[0] if len(steps) == 1 else {}
 
@@ -73,6 +75,9 @@ def rows(results):
                 "vs_n10": round(knee["delivered_per_s"] / n10, 2) if n10 and knee.get("delivered_per_s")
                 and is_many_room(res) else None,
                 "per_ws_cpu_s": knee.get("deliveries_per_ws_cpu_s"),
+                "windows": knee.get("windows"),  # a fixed-rate scenario's windows, each alone
+                "idle_ms_per_s": (res.get("idle") or {}).get("ws_cpu_ms_per_s"),
+                "above_idle_ms": res.get("per_message_above_idle"),
                 "p99_ms": knee.get("p99_ms"),
                 "xact_per_msg": (pg or {}).get("per_stored_message") if st.get("stores") else NO_STORE,
                 "xacts": (pg or {}).get("transactions"), "stored": (pg or {}).get("stored"),
@@ -85,9 +90,16 @@ def rows(results):
 
 def same_load(results, name, a="ours", b="socketio"):
     """[(offered rate, a's, b's deliveries per ws CPU-s)] at every step both passed loss-free, lowest first."""
-    passed = [{s["target_per_s"]: s["deliveries_per_ws_cpu_s"] for s in _res(results, label, name).get("steps") or []
-               if s.get("ok") and s.get("deliveries_per_ws_cpu_s")} for label in (a, b)]
+    passed = [_passed(_res(results, label, name)) for label in (a, b)]
     return [(rate, passed[0][rate], passed[1][rate]) for rate in sorted(set(passed[0]) & set(passed[1]))]
+
+
+def _passed(res):
+    """{offered rate: deliveries per ws CPU-s} of the passing steps (a fixed-rate scenario's
+    windows pooled into one)."""
+    steps = [_knee(res)] if res.get("pooled") else res.get("steps") or []
+    return {s["target_per_s"]: s["deliveries_per_ws_cpu_s"] for s in steps
+            if s.get("ok") and s.get("deliveries_per_ws_cpu_s")}
 
 
 def _median(ordered):
@@ -140,6 +152,33 @@ def _vs_n10_text(r):
     return ("≥ " if r.get("ceiling") else "≤ ") + text
 
 
+def _per_cpu_text(r):
+    """Deliveries per ws CPU-s; for pooled windows, with each window's own figure's range."""
+    text = _f(r["per_ws_cpu_s"])
+    found = [w for w in r.get("windows") or () if w]
+    if len(found) > 1:
+        text += f" ({_f(min(found))}–{_f(max(found))} in {len(found)} windows)"
+    return text
+
+
+def idle_markdown(results):
+    """Fixed-rate scenarios with an idle window: the stack's cost before any message, and per
+    message above it."""
+    lines = []
+    for name, label, r in rows(results):
+        if r.get("idle_ms_per_s") is None:
+            continue
+        per_worker = r["idle_ms_per_s"] / r["workers"] if r["workers"] else None
+        lines.append(f"| {name} | {label} | {_f(r['workers'])} | {_f(r['idle_ms_per_s'])} | {_f(per_worker)} "
+                     f"| {_f(r['above_idle_ms'])} |")
+    if not lines:
+        return ""
+    return "\n".join(["Where the ws CPU of a fixed-rate scenario goes: the same sockets connected with nothing "
+                      "sent (timers, keepalive pings, health probes), and per message sent above that:", "",
+                      "| scenario | stack | ws workers | idle ws CPU, ms per s | per worker | ws CPU per message above "
+                      "idle, ms |", "| --- | --- | ---: | ---: | ---: | ---: |"] + lines)
+
+
 def markdown(results):
     lines = ["| scenario | stack | ws workers | knee deliveries/s | ÷ own N10 knee | deliveries per ws CPU-s "
              "| p99 ms | Postgres xact per stored msg | load avg (1 min, at end) |",
@@ -152,7 +191,7 @@ def markdown(results):
         if isinstance(xact, float):
             xact = f"{xact:.2f} ({r['xacts']:,}/{r['stored']:,})"
         lines.append(f"| {name} | {label} | {_f(r['workers'])} | {knee} | {_vs_n10_text(r)} "
-                     f"| {_f(r['per_ws_cpu_s'])} | {_f(r['p99_ms'])} | {_f(xact)} | {_f(r['loadavg'])} |")
+                     f"| {_per_cpu_text(r)} | {_f(r['p99_ms'])} | {_f(xact)} | {_f(r['loadavg'])} |")
     peers = [st["label"] for st in results["stacks"].values() if not st.get("stores")]
     if peers:
         lines += ["", "Stacks that store nothing (" + "; ".join(peers) + ") skip the Postgres write every "

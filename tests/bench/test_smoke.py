@@ -157,3 +157,24 @@ def test_scaling_scenarios_run_and_lose_nothing(smoke, scenario):
     else:
         assert res["closes_1012"] >= res["minimum_moves"] > 0 and res["within_20pct_s"] >= 0
     assert "## Scaling (issue 16)" in (out / "scaling.md").read_text()
+
+
+@pytest.mark.parametrize("label", STACKS)
+@pytest.mark.parametrize("name", ["SPARSE10x4", "SPARSE10x4w4"])
+def test_fixed_rate_scenarios_pool_their_windows_after_an_idle_one(smoke, label, name):
+    """A sparse scenario's figure is its windows pooled, and its idle cost is read first."""
+    out, results, _stdout = smoke
+    res = results["stacks"][label]["fanout"][name]
+    assert len(res["steps"]) == res["scenario"]["windows"] == 2
+    pooled = res["pooled"]
+    assert pooled["windows"] == [r["deliveries_per_ws_cpu_s"] for r in res["steps"]]
+    assert min(pooled["windows"]) <= pooled["deliveries_per_ws_cpu_s"] <= max(pooled["windows"])
+    idle = res["idle"]
+    assert idle["seconds"] >= res["scenario"]["idle_s"] and len(idle["per_worker"]) == res["workers"]
+    assert idle["ws_cpu_ms_per_s"] > 0, "a ws worker with sockets open spends something on its timers"
+    assert res["per_message_above_idle"] is not None
+    md = (out / "results.md").read_text()
+    row = next(line for line in md.splitlines() if line.startswith(f"| {name} | {label} | {res['workers']} | "))
+    assert "in 2 windows)" in row, row
+    table = md.split("Where the ws CPU of a fixed-rate scenario goes", 1)[1]
+    assert f"| {name} | {label} | {res['workers']} | {idle['ws_cpu_ms_per_s']:,.2f} |" in table
