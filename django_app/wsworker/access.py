@@ -28,6 +28,20 @@ logger = logging.getLogger("wsworker.access")
 _WS_ACTIONS = {"connected": "WSCONNECT", "rejected": "WSREJECT", "disconnected": "WSDISCONNECT"}
 
 
+def drop_twisted_access_log(factory) -> None:
+    """Turn off Twisted's own access log on a started HTTP factory (daphne's, the metrics site).
+
+    Beside daphne's lines (log_action), Twisted's HTTPFactory formats a combined-log
+    line per request into Twisted's legacy log, which nothing here reads, and keeps
+    that line's date current with a timer that wakes the worker every second, idle
+    or not: two of an idle worker's wake-ups a second (wsworker.ticks). Its public
+    stopFactory() turns both off: it drops the log file (log() then writes nothing)
+    and cancels the timer. The listening port is untouched, and the port's own
+    stopFactory() at shutdown finds nothing left to do.
+    """
+    factory.stopFactory()
+
+
 def log_action(protocol: str, action: str, details: dict) -> None:
     """daphne's action_logger interface: (protocol, action, details)."""
     if protocol == "http" and action == "complete":

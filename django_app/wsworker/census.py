@@ -31,7 +31,7 @@ from dataclasses import dataclass
 
 from django.conf import settings
 
-from . import admission, conf, rebalance, redisconf, registry
+from . import admission, conf, rebalance, redisconf, registry, ticks
 
 logger = logging.getLogger(__name__)
 
@@ -217,4 +217,4 @@ async def _census_loop(client) -> None:
                 _apply(None)
             if draining:
                 return  # withdrawn: the drain closes everything anyway
-        await asyncio.sleep(INTERVAL_SECONDS)
+        await ticks.sleep(INTERVAL_SECONDS)  # with the worker's other chores (wsworker.ticks)

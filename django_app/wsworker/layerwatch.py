@@ -30,7 +30,7 @@ import logging
 
 from channels.layers import get_channel_layer
 
-from . import hooks, metrics, redisconf
+from . import hooks, metrics, redisconf, ticks
 
 
 logger = logging.getLogger(__name__)
@@ -103,7 +103,7 @@ async def _watch(host: dict) -> None:
                 known_run_id, unreachable = run_id, False
                 _down.discard(name)
                 metrics.layer.up = not _down
-            await asyncio.sleep(DOWN_POLL_SECONDS if unreachable else POLL_SECONDS)
+            await ticks.sleep(DOWN_POLL_SECONDS if unreachable else POLL_SECONDS)  # wsworker.ticks
 
 
 async def _resync(name: str, why: str) -> None:

@@ -33,7 +33,7 @@ from prometheus_client.core import CounterMetricFamily, GaugeMetricFamily, Histo
 from prometheus_client.exposition import CONTENT_TYPE_LATEST, generate_latest
 from prometheus_client.utils import floatToGoString
 
-from . import registry
+from . import access, registry, ticks
 
 logger = logging.getLogger(__name__)
 
@@ -51,7 +51,7 @@ class _Layer:
 layer = _Layer()
 
 LAG_SECONDS = (0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1, 2.5, 5, 10)
-LOOP_CHECK_SECONDS = 0.5
+LOOP_CHECK_SECONDS = 1.0
 
 
 class Count:
@@ -193,9 +193,10 @@ _lag_task = None
 async def _watch_loop() -> None:
     loop = asyncio.get_running_loop()
     while True:
-        start = loop.time()
-        await asyncio.sleep(LOOP_CHECK_SECONDS)
-        event_loop_lag.observe(max(0.0, loop.time() - start - LOOP_CHECK_SECONDS))
+        wait = ticks.delay(LOOP_CHECK_SECONDS)  # with the worker's other chores (wsworker.ticks)
+        due = loop.time() + wait
+        await asyncio.sleep(wait)
+        event_loop_lag.observe(max(0.0, loop.time() - due))
 
 
 def start_loop_watch() -> None:
@@ -225,10 +226,8 @@ def serve(port: int, interface: str):
             request.setHeader(b"Content-Type", CONTENT_TYPE_LATEST.encode())
             return generate_latest(REGISTRY)
 
-    class QuietSite(Site):
-        def log(self, request):  # one line per scrape would drown the worker's log
-            pass
-
-    listening = reactor.listenTCP(port, QuietSite(MetricsPage()), interface=interface)
+    site = Site(MetricsPage())
+    listening = reactor.listenTCP(port, site, interface=interface)
+    access.drop_twisted_access_log(site)  # no line per scrape, no per-second timer
     logger.info("metrics: http://%s:%d/metrics", interface, port)
     return listening

@@ -59,7 +59,9 @@ PRIVATE_INTERNALS = (
     ("twisted.internet.tcp.Connection", "socket"),  # _flush
     ("twisted.internet.tcp.Connection", "protocol"),  # shedding (a writer's protocol)
     ("daphne.server.Server", "connections"),  # drain, application_checker, timeout_checker
-    ("daphne.server.Server", "application_checker"),  # wsworker.server
+    ("daphne.server.Server", "application_checker"),  # wsworker.server (run() schedules it; ours, on the tick)
+    ("daphne.server.Server", "application_close_timeout"),  # WorkerServer._reap (daphne 4's checker steps)
+    ("daphne.server.Server", "http_factory"),  # _startup: drop_twisted_access_log
     ("daphne.server.Server", "timeout_checker"),  # wsworker.server
     ("daphne.server.Server", "websocket_timeout"),  # WorkerServer.timeout_checker
     ("daphne.server.Server", "ping_interval"),  # WorkerServer.timeout_checker

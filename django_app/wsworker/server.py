@@ -9,7 +9,8 @@
   WebSocket, the frames extension in its scope (`create_application`); the
   once-a-second reaper looks only at connections that ended (`application_checker`);
   the two-second sweep (timeouts, keepalive pings) checks open sockets inline
-  (`timeout_checker`);
+  (`timeout_checker`); both run on the tick of the worker's other chores
+  (wsworker.ticks: an idle worker wakes once a second, not seven times);
 - shutdown (`_on_signal`): the drain (wsworker.drain), then stop. A second
   signal stops at once.
 
@@ -21,13 +22,14 @@ import logging
 import signal
 import sys
 import time
+from concurrent.futures import CancelledError
 from functools import partial
 
 from daphne.cli import CommandLineInterface
 from daphne.server import Server
 from twisted.internet import reactor
 
-from . import access, census, conf, drain, fdlimit, gctune, layerwatch, metrics, shedding, watchdog
+from . import access, census, conf, drain, fdlimit, gctune, layerwatch, metrics, shedding, ticks, watchdog
 from .frames import SCOPE_FRAMES, frame_text
 from .inbox import Inbox
 from .protocol import WorkerWebSocketProtocol, share_protocol_options
@@ -64,6 +66,7 @@ class WorkerServer(Server):
         # True so `Origin: null` reaches the app's origin check, not an HTTP 400.)
         self.ws_factory.setProtocolOptions(failByDrop=False, allowNullOrigin=True)
         share_protocol_options(self.ws_factory, self.ws_factory.protocol)
+        access.drop_twisted_access_log(self.http_factory)  # daphne's lines go through access.log_action
         loop = asyncio.get_event_loop()
         for sig in (signal.SIGTERM, signal.SIGINT):
             loop.add_signal_handler(sig, self._on_signal, sig)
@@ -121,32 +124,54 @@ class WorkerServer(Server):
         self._to_reap.add(protocol)
 
     def application_checker(self):
-        """daphne's once-a-second reaper, run on the connections that need it only.
+        """daphne's once-a-second reaper, run on the connections that need it only, on the worker's tick.
 
         daphne walks EVERY connection each second to find application instances
         that finished and connections that went away (and cancels an application
         that outlives its disconnect by application_close_timeout). With thousands
         of sockets per worker that walk is a steady cost and a pause each second.
         Here only connections whose application finished or which disconnected
-        (both signalled) are handed to daphne's own checker; one still waiting for
-        its application to finish after a disconnect stays on the list.
+        (both signalled) are looked at, with daphne 4's steps (`_reap`); one still
+        waiting for its application to finish after a disconnect stays on the list.
+        daphne reschedules its checker 1 s after each run, on a phase of its own;
+        this one runs on the tick of the worker's other chores (wsworker.ticks).
         """
-        everything, candidates = self.connections, {}
-        for protocol in self._to_reap:
-            if protocol in everything:
-                candidates[protocol] = everything[protocol]
-        self._to_reap = set()
-        checked = dict(candidates)
-        self.connections = candidates  # daphne's checker walks and prunes self.connections
-        try:
-            super().application_checker()  # reschedules this method in 1 s
-        finally:
-            self.connections = everything
-        for protocol, details in checked.items():
-            if protocol not in candidates:
-                everything.pop(protocol, None)  # reaped: disconnected and its application done
-            elif details.get("disconnected"):
+        looked_at, self._to_reap = self._to_reap, set()
+        for protocol in looked_at:
+            details = self.connections.get(protocol)
+            if details is not None and self._reap(protocol, details):
                 self._to_reap.add(protocol)  # its application has not finished yet: look again
+        reactor.callLater(ticks.delay(1.0), self.application_checker)
+
+    def _reap(self, protocol, details) -> bool:
+        """daphne 4's Server.application_checker, for one connection; True while it
+        is disconnected and its application has not finished."""
+        disconnected = details.get("disconnected")
+        instance = details.get("application_instance")
+        if disconnected and time.time() - disconnected > self.application_close_timeout:
+            if instance and not instance.done():
+                logger.warning("Application instance %r for connection %s took too long to shut down and was killed.",
+                               instance, repr(protocol))
+                instance.cancel()
+        if instance and instance.done():
+            try:
+                exception = instance.exception()
+            except (CancelledError, asyncio.CancelledError):
+                pass  # cancelled: nothing to report
+            else:
+                if exception:
+                    if isinstance(exception, KeyboardInterrupt):
+                        self.stop()  # the application asks the server to exit (tests)
+                    else:
+                        logger.error("Exception inside application: %s", exception, exc_info=exception)
+                        if not disconnected:
+                            protocol.handle_exception(exception)
+            del details["application_instance"]
+            instance = None
+        if not instance and disconnected:
+            del self.connections[protocol]
+            return False
+        return bool(disconnected)
 
     def timeout_checker(self):
         """daphne's sweep every 2 s, with the check of an open WebSocket inlined.
@@ -170,7 +195,7 @@ class WorkerServer(Server):
             elif now - protocol.last_ping > ping_interval:
                 protocol._sendAutoPing()
                 protocol.last_ping = now
-        reactor.callLater(2, self.timeout_checker)
+        reactor.callLater(ticks.delay(2.0), self.timeout_checker)  # on the worker's tick (wsworker.ticks)
 
     # ------------------------------------------------------------ shutdown
     def _on_signal(self, sig):

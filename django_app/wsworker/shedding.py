@@ -4,7 +4,7 @@ import logging
 from daphne.ws_protocol import WebSocketProtocol
 from twisted.internet import reactor
 
-from . import conf, registry
+from . import conf, registry, ticks
 from .protocol import CLOSE_OVERLOADED, unsent_bytes
 
 logger = logging.getLogger(__name__)
@@ -14,7 +14,7 @@ GRACE_SECONDS = 2.0
 
 
 def start(server) -> None:
-    reactor.callLater(CHECK_SECONDS, _check, server)
+    reactor.callLater(ticks.delay(CHECK_SECONDS), _check, server)
 
 
 def _check(server) -> None:
@@ -49,4 +49,4 @@ def _check(server) -> None:
             reactor.callLater(GRACE_SECONDS, proto.transport.abortConnection)
     except Exception:
         logger.exception("slow-client check failed")
-    reactor.callLater(CHECK_SECONDS, _check, server)
+    reactor.callLater(ticks.delay(CHECK_SECONDS), _check, server)  # wsworker.ticks

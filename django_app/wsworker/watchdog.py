@@ -22,9 +22,11 @@ import threading
 import time
 import traceback
 
+from . import ticks
+
 logger = logging.getLogger(__name__)
 
-CHECK_SECONDS = 0.5
+CHECK_SECONDS = 1.0  # the heartbeat beats with the worker's other chores (wsworker.ticks)
 # The watchdog's own sleep overshooting by this much means the whole process was paused.
 PAUSED_SLACK = 2.0
 EXIT_CODE = 70  # EX_SOFTWARE
@@ -43,7 +45,7 @@ def start(loop, stall_seconds: float) -> None:
     def beat():
         global _last_beat
         _last_beat = time.monotonic()
-        loop.call_later(CHECK_SECONDS, beat)
+        loop.call_at(ticks.at(CHECK_SECONDS, loop.time()), beat)
 
     loop.call_soon(beat)
     _thread = threading.Thread(target=_watch, args=(float(stall_seconds), threading.get_ident()),

@@ -222,3 +222,39 @@ async def test_reaper_looks_only_at_ended_connections_and_reaps_like_daphne(monk
     server._to_reap.add(closing)  # what the application's done callback does
     server.application_checker()
     assert set(server.connections) == {live} and not server._to_reap
+
+
+def _loop_thread_sleeps(pid):
+    """Times the worker's loop thread (the process's main thread) has blocked so far."""
+    with open(f"/proc/{pid}/task/{pid}/status") as f:
+        return next(int(line.split()[1]) for line in f if line.startswith("voluntary_ctxt_switches"))
+
+
+@pytest.mark.slow
+@pytest.mark.django_db(transaction=True)
+def test_an_idle_worker_wakes_about_once_a_second():
+    """An idle worker (a socket open in a room, its metrics port on, nothing sent)
+    runs its periodic chores (reaper, sweep, slow-client check, census, Redis
+    watch, loop-lag metric, watchdog heartbeat, the room's pub/sub read) in one
+    pass of its loop a second (wsworker.ticks), and Twisted's own access-log
+    timers are off (wsworker.access). Before, its loop thread woke about nine
+    times a second: seven phases of its own and Twisted's two log-date timers.
+    Counted, not timed: the kernel's count of the thread's sleeps. At most five a
+    second: the tick, up to three Redis replies (the watch's INFO, the census's
+    write and read) not back within the same pass, and a keepalive pong or a
+    Redis health check now and then (measured 3.2; before this change 7.5)."""
+    port = free_port()
+    proc = _start_worker(port, WS_METRICS_PORT=str(free_port()))
+    try:
+        async def scenario():
+            async with websockets.connect(f"ws://127.0.0.1:{port}/ws/chat/idle/", open_timeout=5) as ws:
+                assert json.loads(await asyncio.wait_for(ws.recv(), 5))["type"] == "chat.welcome"
+                await asyncio.sleep(2.5)  # past the handshake's and the first chores' one-off timers
+                before, started = _loop_thread_sleeps(proc.pid), time.monotonic()
+                await asyncio.sleep(6)
+                return (_loop_thread_sleeps(proc.pid) - before) / (time.monotonic() - started)
+
+        per_second = asyncio.run(scenario())
+    finally:
+        _stop(proc)
+    assert per_second <= 5, f"the idle worker's loop woke {per_second:.1f} times a second"

@@ -20,6 +20,8 @@ import weakref
 
 from channels.db import database_sync_to_async
 
+from wsworker import ticks
+
 from . import store
 
 logger = logging.getLogger(__name__)
@@ -51,7 +53,7 @@ class Checker:
 
     async def _run(self):
         while self.rooms:
-            await asyncio.sleep(QUIET_CHECK_SECONDS)
+            await ticks.sleep(QUIET_CHECK_SECONDS)  # with the worker's other chores
             quiet_since = time.monotonic() - QUIET_CHECK_SECONDS
             ready = [room for room, last in self.rooms.items() if last <= quiet_since]
             for room in ready:

@@ -45,6 +45,8 @@ from channels_redis.pubsub import RedisPubSubChannelLayer
 from redis._parsers.hiredis import NOT_ENOUGH_DATA
 from redis.exceptions import NoPermissionError, ResponseError
 
+from wsworker import ticks
+
 logger = logging.getLogger(__name__)
 
 PRIVATE_INTERNALS = (
@@ -187,7 +189,8 @@ async def receive_loop(shard) -> None:
         try:
             pubsub = shard._pubsub
             if pubsub and pubsub.subscribed:
-                message = await pubsub.get_message(ignore_subscribe_messages=True, timeout=READ_WAIT_SECONDS)
+                # A quiet wait ends on the worker's tick (wsworker.ticks), not on a phase of its own.
+                message = await pubsub.get_message(ignore_subscribe_messages=True, timeout=ticks.delay(READ_WAIT_SECONDS))
                 shard._receive_message(message)
                 if message is not None:
                     await _drain(shard, pubsub)
