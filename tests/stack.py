@@ -106,8 +106,10 @@ class NativeStack:
             # +1..+4 too: the sentinel and sharded topologies (scripts/local-redis).
             "LOCAL_REDIS_PORT": free_run(5) + 1,
             "LOCAL_WS_BASE_PORT": free_run(self.workers + self.spare_workers),
-            # scripts/local puts every metrics port at an offset of this base (up to +10+workers).
-            "LOCAL_METRICS_BASE_PORT": free_run(10 + self.workers) + 1,
+            # scripts/local puts every metrics port at an offset of this base, +0 to +10+N for
+            # N workers, the spare ones included: 11+N ports (the run once held 10+workers, and
+            # a scaled-out ws-3 found its metrics port taken: `Address already in use`).
+            "LOCAL_METRICS_BASE_PORT": free_run(11 + self.workers + self.spare_workers) + 1,
         }
 
     def _env(self) -> dict[str, str]:
