@@ -6,6 +6,8 @@ tune the same file instead of forking command lines.
 """
 import os
 
+from gunicorn import glogging
+
 
 def _int(name: str, default: int) -> int:
     """Read an integer setting; a typo fails at boot with the variable's name."""
@@ -41,6 +43,23 @@ errorlog = "-"
 loglevel = os.environ.get("LOG_LEVEL", "INFO").lower()
 # Path without the query string: a ?token=... must never reach a log line.
 access_log_format = '%(h)s "%(m)s %(U)s %(H)s" %(s)s %(b)s %(L)ss "%(a)s"'
+
+# Passing health probes stay out of the access log, as on the ws tier
+# (wsworker.access): compose's healthcheck and k8s's probes hit /healthz and
+# /readyz every few seconds on every pod, thousands of identical lines a day
+# drowning the ones that matter. A probe answered anything but 200 is logged;
+# LOG_LEVEL=debug logs them all.
+PROBE_PATHS = ("/healthz", "/readyz")
+
+
+class ProbeQuietLogger(glogging.Logger):
+    def access(self, resp, req, environ, request_time):
+        if req.path in PROBE_PATHS and getattr(resp, "status_code", None) == 200 and loglevel != "debug":
+            return
+        super().access(resp, req, environ, request_time)
+
+
+logger_class = ProbeQuietLogger
 
 # Which peers may set X-Forwarded-Proto/-For. Only nginx talks to gunicorn
 # (loopback natively, the pod/compose network otherwise), and nginx overwrites
