@@ -171,7 +171,11 @@ def test_fixed_rate_scenarios_pool_their_windows_after_an_idle_one(smoke, label,
     assert min(pooled["windows"]) <= pooled["deliveries_per_ws_cpu_s"] <= max(pooled["windows"])
     idle = res["idle"]
     assert idle["seconds"] >= res["scenario"]["idle_s"] and len(idle["per_worker"]) == res["workers"]
-    assert idle["ws_cpu_ms_per_s"] > 0, "a ws worker with sockets open spends something on its timers"
+    assert all(ms >= 0 for ms in idle["per_worker"].values()), idle
+    if label == "ours":
+        # Ours ticks once a second (wsworker.ticks); Node's loop sleeps until its next
+        # timer (Socket.IO pings every 25 s), so the peer may read 0.0 over 2 s.
+        assert idle["ws_cpu_ms_per_s"] > 0, "a ws worker that ticks each second spends something on it"
     assert res["per_message_above_idle"] is not None
     md = (out / "results.md").read_text()
     row = next(line for line in md.splitlines() if line.startswith(f"| {name} | {label} | {res['workers']} | "))
