@@ -193,9 +193,8 @@ _lag_task = None
 async def _watch_loop() -> None:
     loop = asyncio.get_running_loop()
     while True:
-        wait = ticks.delay(LOOP_CHECK_SECONDS)  # with the worker's other chores (wsworker.ticks)
-        due = loop.time() + wait
-        await asyncio.sleep(wait)
+        due = ticks.at(LOOP_CHECK_SECONDS, loop.time())  # with the worker's other chores (wsworker.ticks)
+        await ticks.sleep(LOOP_CHECK_SECONDS)
         event_loop_lag.observe(max(0.0, loop.time() - due))
 
 

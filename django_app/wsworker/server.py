@@ -136,12 +136,16 @@ class WorkerServer(Server):
         daphne reschedules its checker 1 s after each run, on a phase of its own;
         this one runs on the tick of the worker's other chores (wsworker.ticks).
         """
+        # Next run first: an error reaping one connection must not end the reaper for all.
+        reactor.callLater(ticks.delay(1.0), self.application_checker)
         looked_at, self._to_reap = self._to_reap, set()
         for protocol in looked_at:
             details = self.connections.get(protocol)
-            if details is not None and self._reap(protocol, details):
-                self._to_reap.add(protocol)  # its application has not finished yet: look again
-        reactor.callLater(ticks.delay(1.0), self.application_checker)
+            try:
+                if details is not None and self._reap(protocol, details):
+                    self._to_reap.add(protocol)  # its application has not finished yet: look again
+            except Exception:
+                logger.exception("reaping a finished connection failed; it is dropped from the reaper")
 
     def _reap(self, protocol, details) -> bool:
         """daphne 4's Server.application_checker, for one connection; True while it

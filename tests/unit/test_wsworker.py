@@ -224,6 +224,27 @@ async def test_reaper_looks_only_at_ended_connections_and_reaps_like_daphne(monk
     assert set(server.connections) == {live} and not server._to_reap
 
 
+async def test_reaper_keeps_running_after_one_connection_fails_to_reap(monkeypatch, caplog):
+    """An error while reaping one connection is logged, the others are still reaped,
+    and the next run is scheduled: one bad connection does not end the reaper."""
+    import daphne.server
+    from wsworker.server import WorkerServer
+
+    scheduled = []
+    monkeypatch.setattr(daphne.server.reactor, "callLater", lambda delay, fn, *a, **k: scheduled.append(fn))
+    server = WorkerServer(application=None, endpoints=["tcp:port=0:interface=127.0.0.1"])
+    done = asyncio.get_running_loop().create_future()
+    done.set_result(True)
+    bad, gone = object(), object()
+    server.connections = {bad: {"application_instance": done, "disconnected": "not a time"},
+                          gone: {"application_instance": done, "disconnected": time.time()}}
+    server._to_reap = {bad, gone}
+    server.application_checker()
+    assert scheduled == [server.application_checker], "the next run is scheduled"
+    assert gone not in server.connections, "the other connection is still reaped"
+    assert "reaping a finished connection failed" in caplog.text
+
+
 def _loop_thread_sleeps(pid):
     """Times the worker's loop thread (the process's main thread) has blocked so far."""
     with open(f"/proc/{pid}/task/{pid}/status") as f:
