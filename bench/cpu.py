@@ -1,4 +1,4 @@
-"""CPU accounting per process over a measurement window (psutil).
+"""CPU accounting per process over a measurement window (psutil; the scheduler for ws servers).
 
 Reported in percent of ONE core so a saturated single-threaded worker reads
 ~100 and the client processes can be compared to it directly.
@@ -10,7 +10,14 @@ import psutil
 
 
 class CpuWindow:
-    """Snapshot cpu_times of named PIDs (and their children) at start, diff at stop."""
+    """Snapshot cpu_times of named PIDs (and their children) at start, diff at stop.
+
+    The ws servers (names starting with "ws") are read from the scheduler
+    (thread_cpu_s), the rest from psutil. A sparse step's ws workers use a few ms
+    of CPU each, and psutil counts 10 ms ticks: the peer's two workers read 0.01
+    CPU-s for a smoke window one day, so a window could read 0 and have no figure.
+    The servers start no thread per message (their thread pools persist), so the
+    live threads' sum holds all their time."""
 
     def __init__(self, pids):
         self.pids = dict(pids)
@@ -20,6 +27,11 @@ class CpuWindow:
     def _times(self):
         out = {}
         for name, pid in self.pids.items():
+            if name.startswith("ws"):
+                precise = thread_cpu_s(pid)
+                if precise is not None:
+                    out[name] = precise
+                    continue
             total = 0.0
             try:
                 proc = psutil.Process(pid)
@@ -78,14 +90,15 @@ def thread_cpu_s(pid):
         tasks = os.listdir(f"/proc/{pid}/task")
     except OSError:
         return None
-    total = 0
+    total, read = 0, False
     for tid in tasks:
         try:
             with open(f"/proc/{pid}/task/{tid}/schedstat") as f:
                 total += int(f.read().split()[0])
+            read = True
         except (OSError, ValueError, IndexError):
-            pass  # gone between the listing and the read
-    return total / 1e9
+            pass  # gone between the listing and the read (or no schedstat in this kernel)
+    return total / 1e9 if read else None
 
 
 def idle_cpu_ms_per_s(pids, seconds):

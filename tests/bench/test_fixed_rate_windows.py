@@ -60,3 +60,33 @@ def test_the_report_shows_the_pooled_figure_its_spread_and_the_idle_split():
     idle = idle_markdown(results)
     assert "| SPARSE | ours | 2 | 6.00 | 3.00 | 0.50 |" in idle  # (0.4 - 0.006 * 50) / 200 messages
     assert "| SPARSE | socketio | 2 | 2.00 | 1.00 | 1.50 |" in idle
+
+
+def test_a_ws_servers_cpu_is_read_below_psutils_10_ms_tick():
+    """A sparse window's ws workers use a few ms of CPU: CpuWindow reads ws servers
+    from the scheduler, so 3 ms of work reads as about 3 ms, not 0 or 10."""
+    import subprocess
+    import sys
+
+    from bench.cpu import CpuWindow
+
+    spin = ("import sys, time\n"
+            "print('ready', flush=True)\n"
+            "sys.stdin.readline()\n"
+            "t = time.thread_time()\n"
+            "while time.thread_time() - t < 0.003: pass\n"
+            "print('done', flush=True)\n"
+            "sys.stdin.readline()\n")
+    proc = subprocess.Popen([sys.executable, "-c", spin], stdin=subprocess.PIPE, stdout=subprocess.PIPE, text=True)
+    try:
+        assert proc.stdout.readline().strip() == "ready"  # started: its startup is not in the window
+        window = CpuWindow({"ws1": proc.pid, "other": proc.pid}).start()
+        proc.stdin.write("go\n")
+        proc.stdin.flush()
+        assert proc.stdout.readline().strip() == "done"
+        used = window.seconds()
+        assert 0.003 <= used["ws1"] < 0.009, used
+        assert round(used["other"], 2) == used["other"], "the rest still read psutil's ticks"
+    finally:
+        proc.stdin.close()
+        proc.wait(timeout=10)
