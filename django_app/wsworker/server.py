@@ -188,18 +188,22 @@ class WorkerServer(Server):
         the same order, with one clock read per sweep; every other connection (a
         handshake, a closing socket, HTTP) gets daphne's own check_timeouts().
         """
+        # Next run first, as the reaper: nothing in this sweep can end the sweeps.
+        reactor.callLater(ticks.delay(2.0), self.timeout_checker)  # on the worker's tick (wsworker.ticks)
         now = time.time()
         max_age, ping_interval = self.websocket_timeout, self.ping_interval
         open_state = WorkerWebSocketProtocol.STATE_OPEN
         for protocol in list(self.connections):
-            if type(protocol) is not WorkerWebSocketProtocol or protocol.state != open_state:
-                protocol.check_timeouts()
-            elif 0 <= max_age < now - protocol.socket_opened:
-                protocol.serverClose()
-            elif now - protocol.last_ping > ping_interval:
-                protocol._sendAutoPing()
-                protocol.last_ping = now
-        reactor.callLater(ticks.delay(2.0), self.timeout_checker)  # on the worker's tick (wsworker.ticks)
+            try:
+                if type(protocol) is not WorkerWebSocketProtocol or protocol.state != open_state:
+                    protocol.check_timeouts()
+                elif 0 <= max_age < now - protocol.socket_opened:
+                    protocol.serverClose()
+                elif now - protocol.last_ping > ping_interval:
+                    protocol._sendAutoPing()
+                    protocol.last_ping = now
+            except Exception:
+                logger.exception("timeout check of a connection failed; the sweep goes on")
 
     # ------------------------------------------------------------ shutdown
     def _on_signal(self, sig):

@@ -245,6 +245,34 @@ async def test_reaper_keeps_running_after_one_connection_fails_to_reap(monkeypat
     assert "reaping a finished connection failed" in caplog.text
 
 
+async def test_timeout_sweep_goes_on_past_a_connection_whose_check_fails(monkeypatch, caplog):
+    """The 2-second sweep (timeouts, keepalive pings) logs a connection whose check
+    raises, still checks the others and schedules its next run."""
+    import daphne.server
+    from wsworker.server import WorkerServer
+
+    scheduled = []
+    monkeypatch.setattr(daphne.server.reactor, "callLater", lambda delay, fn, *a, **k: scheduled.append(fn))
+    server = WorkerServer(application=None, endpoints=["tcp:port=0:interface=127.0.0.1"])
+    checked = []
+
+    class Handshake:  # not an open WorkerWebSocketProtocol: daphne's own check_timeouts()
+        def __init__(self, fails):
+            self.fails = fails
+
+        def check_timeouts(self):
+            checked.append(self)
+            if self.fails:
+                raise RuntimeError("boom")
+
+    bad, good = Handshake(True), Handshake(False)
+    server.connections = {bad: {}, good: {}}
+    server.timeout_checker()
+    assert checked == [bad, good], "the connection after the failing one is still checked"
+    assert scheduled == [server.timeout_checker], "the next sweep is scheduled"
+    assert "timeout check of a connection failed" in caplog.text
+
+
 def _loop_thread_sleeps(pid):
     """Times the worker's loop thread (the process's main thread) has blocked so far."""
     with open(f"/proc/{pid}/task/{pid}/status") as f:
