@@ -50,3 +50,8 @@ def snapshot(room: str, after, history_size: int, resume_max: int) -> tuple[list
         rows = history(room, history_size) if after is None else since(room, after, resume_max)
         position = rows[-1]["id"] if rows else last_id(room)
     return rows, position
+
+
+def heads(rooms) -> dict[str, int]:
+    """The newest stored id of each room; a room never written is absent (the quiet-room check's read)."""
+    return dict(Room.objects.filter(name__in=list(rooms)).values_list("name", "last_id"))

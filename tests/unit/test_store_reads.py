@@ -44,6 +44,11 @@ async def test_snapshots_and_gap_fills_answer_as_the_orm_does():
     rows, position = await store.snapshot_async("reads-full", 4, 50, 3)
     assert [m["id"] for m in rows] == [5, 6, 7] and position == 7  # the sanity of the comparison itself
     assert rows[0]["message"] == "message 4 «ü»" and rows[0]["ts"].endswith("Z")
+    # The quiet-room check's read: every room's newest id, a room never written absent.
+    rooms = ["reads-full", "reads-one", "reads-gone", "reads-never"]
+    want = await database_sync_to_async(orm_reads.heads)(rooms)
+    assert await store.heads_async(rooms) == want == {"reads-full": 12, "reads-one": 1, "reads-gone": 3}
+    assert await store.heads_async([]) == {}
 
 
 async def test_reads_run_on_their_own_connection_not_the_writers():

@@ -18,8 +18,6 @@ import logging
 import time
 import weakref
 
-from channels.db import database_sync_to_async
-
 from wsworker import ticks
 
 from . import store
@@ -28,7 +26,7 @@ logger = logging.getLogger(__name__)
 
 QUIET_CHECK_SECONDS = 2.0
 
-_heads = database_sync_to_async(store.heads)
+_heads = store.heads_async  # on the worker's read connection: no thread hop
 _checkers: "weakref.WeakKeyDictionary[asyncio.AbstractEventLoop, Checker]" = weakref.WeakKeyDictionary()
 
 
