@@ -11,7 +11,9 @@ psycopg AsyncConnections instead, one per role per worker (per event loop):
   asgiref's thread hop (docs/benchmarks.md).
 - "read": a Room's history and position when a room is new to the worker, a
   resume older than its cache, a gap fill (store.snapshot_async,
-  store.between_async). With many small rooms nearly every connect opens a
+  store.between_async), and the quiet-room check's newest ids of the rooms that
+  went quiet, every QUIET_CHECK_SECONDS while there is traffic (store.heads_async).
+  With many small rooms nearly every connect opens a
   Room: through the ORM each read cost ~1 ms of CPU and waited its turn on the
   one database thread. Its own connection, so a storm of joins never delays the
   Writer's next statement, and the Writer never delays a join.
