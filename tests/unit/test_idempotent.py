@@ -12,6 +12,7 @@ from channels.db import database_sync_to_async
 from chat.delivery import store
 from chat.models import Message
 
+from . import orm_reads
 from .conftest import welcome
 
 pytestmark = pytest.mark.django_db(transaction=True)
@@ -63,7 +64,7 @@ def test_store_batch_skips_repeats_within_and_across_batches_before_allocating_i
         ("sb", 1, "a", False), ("sb", 2, "b", False), ("sb", 1, "a", True), ("sb2", 1, "x", False)]
     again = store.store_batch([("sb", None, "v", "new", "k2"), ("sb", None, "other-name", "a", "k1")])
     assert [(m["id"], m["username"], dup) for m, dup in again] == [(3, "v", False), (1, "u", True)]
-    assert store.heads(["sb", "sb2"]) == {"sb": 3, "sb2": 1}
+    assert orm_reads.heads(["sb", "sb2"]) == {"sb": 3, "sb2": 1}
 
 
 def test_a_concurrent_insert_of_the_same_client_id_fails_retryably_then_reads_as_duplicate():

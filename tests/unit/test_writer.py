@@ -132,7 +132,7 @@ def test_persist_batch_numbers_each_room_in_order():
     assert [(m["room"], m["id"], m["message"]) for m in first] == [("b1", 1, "a"), ("b2", 1, "x"), ("b1", 2, "b")]
     again = store.persist_batch([("b2", None, "u", "y"), ("b1", None, "u", "c")])
     assert [(m["room"], m["id"]) for m in again] == [("b2", 2), ("b1", 3)]
-    assert store.heads(["b1", "b2", "never"]) == {"b1": 3, "b2": 2}
+    assert orm_reads.heads(["b1", "b2", "never"]) == {"b1": 3, "b2": 2}
 
 
 @pytest.fixture
@@ -173,7 +173,7 @@ async def test_a_frozen_redis_never_delays_the_senders_ack(own_redis, settings):
         assert (frame["id"], frame["message"]) == (n + 1, f"during {n}")
     # Stored and acknowledged at once, though no publish could go through.
     assert max(acks) < 0.3, f"acks waited on Redis: {acks}"
-    assert await database_sync_to_async(store.heads)(["frozen"]) == {"frozen": 5}
+    assert await database_sync_to_async(orm_reads.heads)(["frozen"]) == {"frozen": 5}
     deadline = time.monotonic() + 5
     while registry.refusals["publish dropped"] == dropped:
         assert time.monotonic() < deadline, "the stuck publish was never given up"
@@ -213,6 +213,6 @@ def test_store_batch_matches_a_model_over_many_rooms_resends_and_batches():
         assert [(m["room"], m["id"], m["username"], m["message"], dup) for m, dup in got] == expect
         for m, _dup in got:
             assert orm_reads.between(m["room"], m["id"], m["id"]) == [m]
-    assert store.heads(names) == last
+    assert orm_reads.heads(names) == last
     table = sorted(Message.objects.values_list("room__name", "seq"))
     assert table == sorted((room, seq) for room, top in last.items() for seq in range(1, top + 1))
