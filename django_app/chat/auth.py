@@ -31,7 +31,7 @@ def query_params(scope) -> dict[str, list[str]]:
 
 @database_sync_to_async
 def _verify(token):
-    return tokens.verify(token)
+    return tokens.verify_record(token)
 
 
 class TokenAuthMiddleware:
@@ -54,7 +54,8 @@ class TokenAuthMiddleware:
     async def _with_token(self, scope, receive, send, token):
         scope["token_auth"] = True
         try:
-            scope["user"] = await _verify(token)
+            record = await _verify(token)
+            scope["user"], scope["token_id"] = record.user, record.pk  # token_id: chat.credentials
         except tokens.TokenError as exc:
             logger.warning("ws token refused: %s path=%r", exc.reason, scope.get("path"))
             scope["user"] = AnonymousUser()

@@ -22,7 +22,7 @@ from django.utils.crypto import salted_hmac
 from wsworker import registry
 from wsworker.frames import SCOPE_FRAMES
 
-from . import protocol
+from . import credentials, protocol
 from .auth import query_params
 from .delivery import fanout
 
@@ -84,6 +84,7 @@ class ChatConsumer(AsyncWebsocketConsumer):
     in_flight = 0  # messages handed to the Writer, not yet stored or refused
     settling = None
     frames = None  # (frame, send): the server's raw-frame extension, when it offers one
+    credential = None  # ("token", id) or ("session", key): rechecked by chat.credentials
 
     async def __call__(self, scope, receive, send):
         """channels' AsyncConsumer.__call__ for a consumer with one source of events.
@@ -173,6 +174,8 @@ class ChatConsumer(AsyncWebsocketConsumer):
         if not authenticated and not settings.CHAT_ALLOW_ANONYMOUS:
             return await self._refuse(protocol.CLOSE_UNAUTHORIZED, "anonymous not allowed")
         self.user_id = user.pk if authenticated else None
+        if authenticated:
+            self.credential = credentials.credential_of(self.scope, self.user_id)
         self.username = user.get_username() if authenticated else anon_name(self.scope)
         self.bucket = TokenBucket(settings.CHAT_RATE_PER_SEC, settings.CHAT_RATE_BURST)
         self.violations = 0
@@ -195,6 +198,7 @@ class ChatConsumer(AsyncWebsocketConsumer):
         try:
             await self.accept()
             registry.live.add(self)
+            credentials.watch(self)
             self.frames = self.scope.get(SCOPE_FRAMES)
             self.last_id = position
             await self.send(text_data=protocol.welcome(registry.worker_id(), self.username, self.room, history, position))
@@ -319,6 +323,14 @@ class ChatConsumer(AsyncWebsocketConsumer):
         self.in_flight -= 1
         if not self.in_flight and self.settling is not None and not self.settling.done():
             self.settling.set_result(None)
+
+    async def close_unauthorized(self):
+        """Close with 4401 once the credentials it was opened with ended (chat.credentials)."""
+        if self.closed:
+            return
+        await self._settle()
+        self.closed = True
+        await self.close(code=protocol.CLOSE_UNAUTHORIZED)
 
     async def _settle(self, timeout: float = 5.0):
         """Before a policy close, let the messages we already accepted be stored and

@@ -66,6 +66,11 @@ class TokenError(Exception):
 
 def verify(token: str):
     """Return the active user owning `token`, or raise TokenError."""
+    return verify_record(token).user
+
+
+def verify_record(token: str) -> ApiToken:
+    """The live ApiToken of `token` (its user loaded, and active), or raise TokenError."""
     if not token or len(token) > 256:
         raise TokenError("invalid")
     digest = hash_token(token)
@@ -85,7 +90,7 @@ def verify(token: str):
         raise TokenError("invalid")
     if record.last_used_at is None or now - record.last_used_at > LAST_USED_RESOLUTION:
         ApiToken.objects.filter(pk=record.pk).update(last_used_at=now)
-    return record.user
+    return record
 
 
 def revoke(prefix: str, user=None) -> int:

@@ -239,6 +239,10 @@ CHAT_RATE_PER_SEC = env.float("CHAT_RATE_PER_SEC", default=5)
 CHAT_RATE_BURST = env.int("CHAT_RATE_BURST", default=20)
 CHAT_RATE_MAX_VIOLATIONS = env.int("CHAT_RATE_MAX_VIOLATIONS", default=20)
 TOKEN_TTL_HOURS = env.int("TOKEN_TTL_HOURS", default=720)
+CHAT_AUTH_RECHECK_SECONDS = env.int("CHAT_AUTH_RECHECK_SECONDS", default=30)
+if CHAT_AUTH_RECHECK_SECONDS < 0:
+    raise ImproperlyConfigured(
+        f"CHAT_AUTH_RECHECK_SECONDS must be 0 (off) or a number of seconds, not {CHAT_AUTH_RECHECK_SECONDS}")
 WS_CONNECT_TIMEOUT = env.int("WS_CONNECT_TIMEOUT", default=3)
 if WS_CONNECT_TIMEOUT < 1:
     raise ImproperlyConfigured(f"WS_CONNECT_TIMEOUT must be at least 1 (whole seconds), not {WS_CONNECT_TIMEOUT}")

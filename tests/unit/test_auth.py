@@ -113,3 +113,76 @@ async def test_the_websocket_stack_refuses_an_http_scope_and_names_the_stock_one
     scope = {"type": "http", "path": "/", "headers": [], "query_string": b""}
     with pytest.raises(ValueError, match="channels.auth.AuthMiddlewareStack"):
         await TokenAuthMiddlewareStack(inner)(scope, None, None)
+
+
+# --- open sockets whose credentials ended (chat.credentials) ---------------------------
+
+RECHECK = 1  # CHAT_AUTH_RECHECK_SECONDS in these tests; each waits with a deadline well past it
+
+
+@pytest.fixture
+def recheck(settings):
+    settings.CHAT_AUTH_RECHECK_SECONDS = RECHECK
+    return settings
+
+
+async def _db(fn):
+    from channels.db import database_sync_to_async
+
+    return await database_sync_to_async(fn)()
+
+
+@pytest.mark.parametrize("ending", ["revoked", "expired", "deleted", "user inactive"])
+async def test_an_open_token_socket_is_closed_4401_once_its_token_ends(recheck, alice, ending):
+    """A leaked token revoked (or expired, deleted, its user deactivated) while its socket is
+    open: the socket is closed with 4401 within the recheck, another user's stays open."""
+    issued = await tokens_issue(alice)
+    bob = await _db(lambda: type(alice).objects.create_user("bob", password="bob-pass-123"))
+    other = await tokens_issue(bob)
+    victim, _ = await welcome(f"/ws/chat/creds/?token={issued.token}")
+    bystander, _ = await welcome(f"/ws/chat/creds/?token={other.token}")
+    pk = issued.record.pk
+    if ending == "revoked":
+        assert await _db(lambda: tokens.revoke(issued.token[:8])) == 1
+    elif ending == "expired":
+        await _update(pk, expires_at=timezone.now() - timedelta(seconds=1))
+    elif ending == "deleted":
+        await _db(lambda: ApiToken.objects.filter(pk=pk).delete())
+    else:
+        await _db(lambda: type(alice).objects.filter(pk=alice.pk).update(is_active=False))
+    assert await victim.closed_with(timeout=RECHECK + 5) == 4401
+    # The other socket still talks: its token is live.
+    await bystander.send({"message": "still here"})
+    assert (await bystander.recv())["message"] == "still here"
+    await bystander.close()
+
+
+async def test_an_open_session_socket_is_closed_4401_after_logout(recheck, session_cookie):
+    from django.contrib.sessions.models import Session
+
+    cookie = [(b"cookie", f"sessionid={session_cookie}".encode())]
+    client, frame = await welcome("/ws/chat/creds-session/", headers=cookie)
+    assert frame["user"] == "alice"
+    await _db(lambda: Session.objects.filter(session_key=session_cookie).delete())  # what logout() does
+    assert await client.closed_with(timeout=RECHECK + 5) == 4401
+
+
+async def test_live_credentials_and_anonymous_sockets_stay_open(recheck, alice, session_cookie):
+    issued = await tokens_issue(alice)
+    cookie = [(b"cookie", f"sessionid={session_cookie}".encode())]
+    sockets = [(await welcome(path, headers=h))[0] for path, h in [
+        (f"/ws/chat/creds-live/?token={issued.token}", None),
+        ("/ws/chat/creds-live/", cookie),
+        ("/ws/chat/creds-live/", None),
+    ]]
+    from chat import credentials
+
+    checker = next(iter(credentials._checkers.values()))
+    assert await checker.check() == 0  # the same check the timer runs, now
+    for n, client in enumerate(sockets):
+        await client.send({"message": f"m{n}"})
+    for client in sockets:
+        got = [(await client.recv())["message"] for _ in range(3)]
+        assert sorted(got) == ["m0", "m1", "m2"]
+        await client.close()
+

@@ -89,3 +89,8 @@ def test_ws_gc_threshold_below_cpythons_default_refuses_to_start():
 def test_a_store_linger_out_of_range_refuses_to_start_naming_the_setting(value):
     result = _manage("check", CHAT_STORE_LINGER_MS=value)
     assert result.returncode != 0 and "CHAT_STORE_LINGER_MS must be 0..1000" in result.stderr
+
+
+def test_a_negative_credentials_recheck_refuses_to_start_naming_the_setting():
+    result = _manage("check", CHAT_AUTH_RECHECK_SECONDS="-5")
+    assert result.returncode != 0 and "CHAT_AUTH_RECHECK_SECONDS must be 0 (off)" in result.stderr
