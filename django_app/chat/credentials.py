@@ -5,7 +5,8 @@ revoked token (`manage.py revoke_token`, DELETE /api/tokens/<prefix>/), one past
 its TOKEN_TTL_HOURS, a logout (its session deleted) or a deactivated user would
 keep reading the room, and posting to it, until the socket closed by itself.
 
-Every CHAT_AUTH_RECHECK_SECONDS each worker reads, in one query per kind, which
+Every CHAT_AUTH_RECHECK_SECONDS each worker reads, in one query per kind (per
+CHUNK sockets), which
 of the tokens, sessions and users its open authenticated sockets were opened
 with are still valid, and closes the other sockets with 4401: the client's
 "stop" code (it must authenticate again), after the messages they already
@@ -37,6 +38,7 @@ from .models import ApiToken
 
 logger = logging.getLogger(__name__)
 
+CHUNK = 5000  # ids per query: Postgres takes at most 65,535 parameters per statement
 _checkers: "weakref.WeakKeyDictionary[asyncio.AbstractEventLoop, Checker]" = weakref.WeakKeyDictionary()
 
 
@@ -69,14 +71,19 @@ def _session_model():
     return get_model() if get_model is not None else None
 
 
+def _chunks(values: list):
+    for start in range(0, len(values), CHUNK):
+        yield values[start:start + CHUNK]
+
+
 def ended(credentials: set, user_ids: set) -> tuple[dict, dict]:
     """({credential: why it ended}, {user id: why}) for those no longer valid."""
     now = timezone.now()
     gone = {}
     token_ids = [value for kind, value in credentials if kind == "token"]
     if token_ids:
-        rows = {pk: (revoked, expires) for pk, revoked, expires in
-                ApiToken.objects.filter(pk__in=token_ids).values_list("pk", "revoked_at", "expires_at")}
+        rows = {pk: (revoked, expires) for chunk in _chunks(token_ids) for pk, revoked, expires in
+                ApiToken.objects.filter(pk__in=chunk).values_list("pk", "revoked_at", "expires_at")}
         for pk in token_ids:
             revoked, expires = rows.get(pk, (None, None))
             if pk not in rows:
@@ -88,11 +95,13 @@ def ended(credentials: set, user_ids: set) -> tuple[dict, dict]:
     keys = [value for kind, value in credentials if kind == "session"]
     model = _session_model() if keys else None
     if model is not None:
-        live = set(model.objects.filter(session_key__in=keys, expire_date__gt=now).values_list("session_key", flat=True))
+        live = {key for chunk in _chunks(keys) for key in
+                model.objects.filter(session_key__in=chunk, expire_date__gt=now).values_list("session_key", flat=True)}
         gone.update({("session", key): "session ended" for key in keys if key not in live})
     users = {}
     if user_ids:
-        active = dict(get_user_model().objects.filter(pk__in=user_ids).values_list("pk", "is_active"))
+        active = {pk: is_active for chunk in _chunks(list(user_ids)) for pk, is_active in
+                  get_user_model().objects.filter(pk__in=chunk).values_list("pk", "is_active")}
         users = {pk: ("user deleted" if pk not in active else "user inactive")
                  for pk in user_ids if not active.get(pk)}
     return gone, users

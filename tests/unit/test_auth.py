@@ -6,6 +6,7 @@ from django.utils import timezone
 
 from chat import tokens
 from chat.models import ApiToken
+from wsworker import registry
 
 from .conftest import Client, welcome
 
@@ -142,6 +143,8 @@ async def test_an_open_token_socket_is_closed_4401_once_its_token_ends(recheck, 
     victim, _ = await welcome(f"/ws/chat/creds/?token={issued.token}")
     bystander, _ = await welcome(f"/ws/chat/creds/?token={other.token}")
     pk = issued.record.pk
+    reason = "user inactive" if ending == "user inactive" else f"token {ending}"
+    before = registry.refusals[f"close 4401 {reason}"]
     if ending == "revoked":
         assert await _db(lambda: tokens.revoke(issued.token[:8])) == 1
     elif ending == "expired":
@@ -151,6 +154,7 @@ async def test_an_open_token_socket_is_closed_4401_once_its_token_ends(recheck, 
     else:
         await _db(lambda: type(alice).objects.filter(pk=alice.pk).update(is_active=False))
     assert await victim.closed_with(timeout=RECHECK + 5) == 4401
+    assert registry.refusals[f"close 4401 {reason}"] == before + 1  # on /healthz, by reason
     # The other socket still talks: its token is live.
     await bystander.send({"message": "still here"})
     assert (await bystander.recv())["message"] == "still here"
@@ -186,3 +190,19 @@ async def test_live_credentials_and_anonymous_sockets_stay_open(recheck, alice, 
         assert sorted(got) == ["m0", "m1", "m2"]
         await client.close()
 
+
+
+async def test_many_sockets_are_checked_in_chunks_and_only_the_ended_one_closes(recheck, alice, monkeypatch):
+    """Ids go to Postgres CHUNK at a time (its limit is 65,535 parameters a statement):
+    a token in the last chunk is still seen."""
+    from chat import credentials
+
+    monkeypatch.setattr(credentials, "CHUNK", 2)
+    issued = [await tokens_issue(alice) for _ in range(5)]
+    sockets = [(await welcome(f"/ws/chat/creds-many/?token={i.token}"))[0] for i in issued]
+    await _db(lambda: tokens.revoke(issued[-1].token[:8]))
+    assert await sockets[-1].closed_with(timeout=RECHECK + 5) == 4401
+    checker = next(iter(credentials._checkers.values()))
+    assert await checker.check() == 0  # the other four are live
+    for client in sockets[:-1]:
+        await client.close()
