@@ -32,9 +32,18 @@ from twisted.internet import reactor
 from . import access, census, conf, drain, fdlimit, gctune, layerwatch, metrics, shedding, ticks, watchdog
 from .frames import SCOPE_FRAMES, frame_text
 from .inbox import Inbox
-from .protocol import WorkerWebSocketProtocol, share_protocol_options
+from .protocol import CLOSE_RESTART, WorkerWebSocketProtocol, share_protocol_options
 
 logger = logging.getLogger(__name__)
+
+
+MAX_AGE_SPREAD = 0.1  # sockets leave in the last tenth of --websocket_timeout (WS_MAX_AGE_SECONDS)
+
+
+def _spread(protocol, max_age: float) -> float:
+    """How much sooner than max_age this socket leaves: a fixed share of the last tenth,
+    from the object's address, so sockets opened together leave over that tenth, not at once."""
+    return (id(protocol) >> 4) % 1024 / 1024 * MAX_AGE_SPREAD * max_age
 
 
 class WorkerServer(Server):
@@ -187,23 +196,32 @@ class WorkerServer(Server):
         what a worker does. Open sockets of ours get the same two checks here, in
         the same order, with one clock read per sweep; every other connection (a
         handshake, a closing socket, HTTP) gets daphne's own check_timeouts().
+        Past its age (WS_MAX_AGE_SECONDS; services/bin/ws passes -1 for none) a
+        socket is closed with 1012, not daphne's 1000, so the client reconnects at
+        once and resumes, and each leaves at its own point of the age's last tenth
+        (_spread): sockets opened together do not reconnect together.
         """
         # Next run first, as the reaper: nothing in this sweep can end the sweeps.
         reactor.callLater(ticks.delay(2.0), self.timeout_checker)  # on the worker's tick (wsworker.ticks)
         now = time.time()
         max_age, ping_interval = self.websocket_timeout, self.ping_interval
+        aged = 0
         open_state = WorkerWebSocketProtocol.STATE_OPEN
         for protocol in list(self.connections):
             try:
                 if type(protocol) is not WorkerWebSocketProtocol or protocol.state != open_state:
                     protocol.check_timeouts()
-                elif 0 <= max_age < now - protocol.socket_opened:
-                    protocol.serverClose()
+                elif 0 <= max_age - _spread(protocol, max_age) < now - protocol.socket_opened:
+                    protocol.serverClose(code=CLOSE_RESTART)  # reconnect at once, resume
+                    aged += 1
                 elif now - protocol.last_ping > ping_interval:
                     protocol._sendAutoPing()
                     protocol.last_ping = now
             except Exception:
                 logger.exception("timeout check of a connection failed; the sweep goes on")
+        if aged:
+            logger.info("max age: closed %d socket(s) open longer than WS_MAX_AGE_SECONDS=%g with %d",
+                        aged, max_age, CLOSE_RESTART)
 
     # ------------------------------------------------------------ shutdown
     def _on_signal(self, sig):

@@ -307,3 +307,46 @@ def test_an_idle_worker_wakes_about_once_a_second():
     finally:
         _stop(proc)
     assert per_second <= 5, f"the idle worker's loop woke {per_second:.1f} times a second"
+
+
+def _start_ws_script(port, **env_overrides):
+    """services/bin/ws itself (as the image and the native runner start it), on loopback."""
+    env = dict(os.environ, POSTGRES_DB=connection.settings_dict["NAME"], PORT=str(port), BIND_HOST="127.0.0.1",
+               PATH=f"{Path(sys.executable).parent}{os.pathsep}{os.environ['PATH']}", **env_overrides)
+    return subprocess.Popen([str(DJANGO_APP.parent / "services" / "bin" / "ws")], env=env,
+                            stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True)
+
+
+@pytest.mark.slow
+@pytest.mark.django_db(transaction=True)
+def test_a_socket_past_ws_max_age_seconds_is_closed_with_1012_in_the_last_tenth_of_its_age():
+    """WS_MAX_AGE_SECONDS: the socket leaves with 1012 (reconnect at once, resume), not
+    before 0.9 of the age and within the 2-second sweep after it; the worker says so."""
+    max_age = 4
+    port = free_port()
+    proc = _start_ws_script(port, WS_MAX_AGE_SECONDS=str(max_age))
+    try:
+        assert _wait_http(f"http://127.0.0.1:{port}/healthz", time.monotonic() + 20) == 200
+
+        async def scenario():
+            async with websockets.connect(f"ws://127.0.0.1:{port}/ws/chat/max-age/", open_timeout=5) as ws:
+                assert json.loads(await asyncio.wait_for(ws.recv(), 5))["type"] == "chat.welcome"
+                opened = time.monotonic()
+                await asyncio.wait_for(ws.wait_closed(), max_age + 2 + 3)
+                return ws.close_code, time.monotonic() - opened
+
+        code, lived = asyncio.run(scenario())
+        assert code == 1012
+        assert lived >= max_age * 0.9 - 0.1, f"closed after {lived:.1f} s"
+    finally:
+        proc.send_signal(signal.SIGTERM)
+        out, _ = proc.communicate(timeout=20)
+    assert "max age: closed 1 socket(s) open longer than WS_MAX_AGE_SECONDS=4 with 1012" in out
+
+
+@pytest.mark.parametrize("value", ["abc", "-5", "1.5"])
+def test_a_ws_max_age_that_is_not_whole_seconds_stops_the_worker_naming_the_setting(value):
+    proc = _start_ws_script(free_port(), WS_MAX_AGE_SECONDS=value)
+    out, _ = proc.communicate(timeout=20)
+    assert proc.returncode == 2
+    assert f"WS_MAX_AGE_SECONDS must be a whole number of seconds (0: no limit), not '{value}'" in out
