@@ -13,6 +13,8 @@ def redact(text: str) -> str:
     return TOKEN_RE.sub(r"\1[redacted]", text)
 
 
+_TRACEBACKS = logging.Formatter()  # formats a record's traceback as every handler here would
+
 # Attributes every LogRecord has; anything else on a record came in as `extra=`.
 _RECORD_FIELDS = frozenset(vars(logging.makeLogRecord({}))) | {"message", "asctime"}
 
@@ -22,7 +24,11 @@ class RedactTokens(logging.Filter):
 
     The message, and the `extra=` attributes too: LOG_FORMAT=json writes every
     extra as a field, and Django's request log (django.request: every 4xx and
-    5xx) passes the request, whose repr carries the query string."""
+    5xx) passes the request, whose repr carries the query string. And the
+    traceback: an exception's text can quote a URL. A traceback that carries a
+    token is formatted here, redacted, and kept as the record's exc_text with
+    exc_info cleared, which both the plain formatter and python-json-logger's
+    (its exc_info field) then write as is."""
 
     def filter(self, record: logging.LogRecord) -> bool:
         try:
@@ -42,6 +48,15 @@ class RedactTokens(logging.Filter):
                 continue
             if TOKEN_RE.search(text):
                 setattr(record, key, redact(text))  # the formatter would write str(value) anyway
+        if record.exc_info:
+            try:
+                trace = record.exc_text or _TRACEBACKS.formatException(record.exc_info)
+            except Exception:  # an exception whose text cannot be printed: left to the formatter
+                return True
+            if TOKEN_RE.search(trace):
+                record.exc_info, record.exc_text = None, redact(trace)
+        elif record.exc_text and TOKEN_RE.search(record.exc_text):
+            record.exc_text = redact(record.exc_text)
         return True
 
 

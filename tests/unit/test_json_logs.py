@@ -156,3 +156,21 @@ def test_passing_health_probes_are_debug_lines_everything_else_info(caplog, path
                                                 "status": status, "size": 10})
     (record,) = [r for r in caplog.records if r.name == "wsworker.access"]
     assert record.levelname == level and f'"GET {path}" {status} 10' in record.getMessage()
+
+
+@pytest.mark.parametrize("fmt", ["json", "plain"])
+def test_a_traceback_that_quotes_a_token_is_redacted(fmt):
+    """An exception whose text carries a URL with its token (a library's error about a
+    request, logged with logger.exception): the traceback is logged, the token is not."""
+    code = ("import logging\n"
+            "try:\n"
+            f"    raise ValueError('cannot route ' + {LEAK!r})\n"
+            "except ValueError:\n"
+            "    logging.getLogger('chat.consumers').exception('handler failed')\n")
+    result = subprocess.run([sys.executable, "manage.py", "shell", "-c", code], cwd=DJANGO_APP,
+                            env=dict(os.environ, LOG_FORMAT=fmt), capture_output=True, text=True, timeout=60)
+    assert result.returncode == 0, result.stderr
+    assert "handler failed" in result.stdout
+    assert "ValueError: cannot route GET /ws/chat/lobby/?token=[redacted]&after=4" in (
+        json.loads(result.stdout.strip().splitlines()[-1])["exc_info"] if fmt == "json" else result.stdout)
+    assert "s3cr3t" not in result.stdout + result.stderr
