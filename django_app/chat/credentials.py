@@ -6,9 +6,8 @@ its TOKEN_TTL_HOURS, a logout (its session deleted) or a deactivated user would
 keep reading the room, and posting to it, until the socket closed by itself.
 
 Every CHAT_AUTH_RECHECK_SECONDS each worker reads, in one query per kind (per
-CHUNK sockets), which
-of the tokens, sessions and users its open authenticated sockets were opened
-with are still valid, and closes the other sockets with 4401: the client's
+CHUNK sockets), which of the tokens, sessions and users its open authenticated
+sockets were opened with are still valid, and closes the other sockets with 4401: the client's
 "stop" code (it must authenticate again), after the messages they already
 handed over are stored and acknowledged, as a rate-limit close does. The check
 runs only while the worker holds authenticated sockets: anonymous sockets cost
@@ -142,5 +141,7 @@ class Checker:
             logger.warning("ws credentials ended (%s): closing with %d user_id=%s room=%s",
                            why, protocol.CLOSE_UNAUTHORIZED, consumer.user_id, consumer.room)
             registry.refusals[f"close {protocol.CLOSE_UNAUTHORIZED} {why}"] += 1
-        await asyncio.gather(*(c.close_unauthorized() for c, _why in closing), return_exceptions=True)
+        results = await asyncio.gather(*(c.close_unauthorized() for c, _why in closing), return_exceptions=True)
+        for failed in (r for r in results if isinstance(r, Exception)):
+            logger.warning("closing a socket with %d failed: %r", protocol.CLOSE_UNAUTHORIZED, failed)
         return len(closing)
