@@ -5,13 +5,13 @@ the source YAML, so patches, generators and components are all accounted for.
 """
 from __future__ import annotations
 
-import importlib.machinery
-import importlib.util
 import pathlib
 import re
 import subprocess
 
 import yaml
+
+from tests import scripts
 
 ROOT = pathlib.Path(__file__).resolve().parents[2]
 SCRIPT = ROOT / "scripts" / "k8s"
@@ -20,11 +20,7 @@ WORKLOAD_KINDS = ("Deployment", "StatefulSet", "Job", "DaemonSet")
 
 def load_script():
     """scripts/k8s as a module: the tests use its constants instead of restating them."""
-    loader = importlib.machinery.SourceFileLoader("k8s_script", str(SCRIPT))
-    spec = importlib.util.spec_from_loader("k8s_script", loader)
-    module = importlib.util.module_from_spec(spec)
-    loader.exec_module(module)
-    return module
+    return scripts.load("k8s")
 
 
 def render(out: pathlib.Path) -> dict[str, list[dict]]:

@@ -7,28 +7,16 @@ against real workers (SIGSTOP, a tier restart) is in tests/faults and
 tests/integration; these are real HTTP servers on loopback.
 """
 import http.server
-import importlib.machinery
-import importlib.util
 import socket
 import threading
 import time
-from pathlib import Path
 
 import pytest
 
-SCRIPT = Path(__file__).resolve().parents[2] / "scripts" / "ws-upstream-check"
+from tests import scripts
+
 TIMEOUT = 0.5
-
-
-def _load():
-    loader = importlib.machinery.SourceFileLoader("ws_upstream_check", str(SCRIPT))
-    spec = importlib.util.spec_from_loader("ws_upstream_check", loader)
-    module = importlib.util.module_from_spec(spec)
-    loader.exec_module(module)
-    return module
-
-
-check = _load()
+check = scripts.load("ws-upstream-check")
 
 
 class _Worker:
