@@ -24,6 +24,7 @@ from tests.stack import NativeStack
 pytestmark = [pytest.mark.slow]
 
 MAX_CONN_PER_IP = 12
+AUTH_RECHECK_SECONDS = 2  # CHAT_AUTH_RECHECK_SECONDS: a revoked token's open socket closes within this
 TIMEOUT = 10
 GOOD_ORIGIN = "http://localhost:8080"
 FIGURES = Figures("live stack")
@@ -31,8 +32,10 @@ FIGURES = Figures("live stack")
 
 @pytest.fixture(scope="module")
 def stack():
-    # A small limit_conn keeps the socket-per-IP test cheap; everything else is the default.
-    with NativeStack(workers=2, env={"NGINX_MAX_CONN_PER_IP": str(MAX_CONN_PER_IP)}) as s:
+    # A small limit_conn keeps the socket-per-IP test cheap, a short credentials recheck the
+    # revocation test; everything else is the default.
+    with NativeStack(workers=2, env={"NGINX_MAX_CONN_PER_IP": str(MAX_CONN_PER_IP),
+                                     "CHAT_AUTH_RECHECK_SECONDS": str(AUTH_RECHECK_SECONDS)}) as s:
         s.start_pids = {i: s.pid("ws", i) for i in (1, 2)}
         s.start_pids["web"] = s.pid("web")
         yield s
@@ -226,6 +229,27 @@ async def test_tokens_never_reach_any_log(stack):
     leaks = [line[:160] for line in text.splitlines() if bogus in line]
     assert leaks == [], "token text reached the logs:\n" + "\n".join(leaks)
     FIGURES.refused("token redacted")
+
+
+async def test_a_revoked_tokens_open_socket_is_closed_4401(stack):
+    """A leaked token revoked with `manage.py revoke_token` while its socket is open
+    through nginx: the worker closes that socket with 4401 within the recheck and says
+    why in its log; a socket with another live token stays open."""
+    _, token = issue_token(stack)
+    _, other = issue_token(stack)
+    FIGURES.tried("token revoked while its socket is open")
+    ws = await open_ws(ws_url(stack, "revoked", f"token={token}"))
+    bystander = await open_ws(ws_url(stack, "revoked", f"token={other}"))
+    stack.manage("revoke_token", token[:8])
+    started = time.monotonic()  # the next check after the revocation closes it
+    assert await close_code(ws) == 4401
+    assert time.monotonic() - started < AUTH_RECHECK_SECONDS + 3, "closed later than the recheck allows"
+    assert wait_for_log(stack, r"ws credentials ended \(token revoked\): closing with 4401"), \
+        "no log line says why the socket was closed"
+    await bystander.send(json.dumps({"message": "still here"}))
+    assert json.loads(await asyncio.wait_for(bystander.recv(), TIMEOUT))["message"] == "still here"
+    await bystander.close()
+    FIGURES.refused("close 4401 token revoked")
 
 
 # --- HTTP ---------------------------------------------------------------------
