@@ -20,6 +20,7 @@ idle worker with no socket 1.4 -> 0.9 ms of CPU a second
 """
 import asyncio
 import math
+import weakref
 
 
 def at(period: float, now: float) -> float:
@@ -38,21 +39,35 @@ def delay(period: float) -> float:
     return until(period, asyncio.get_event_loop().time())
 
 
+# Per loop: instant (rounded to the microsecond) -> the one Future every chore due then awaits.
+_instants: "weakref.WeakKeyDictionary[asyncio.AbstractEventLoop, dict[float, asyncio.Future]]" = (
+    weakref.WeakKeyDictionary())
+
+
 async def sleep(period: float) -> None:
     """Sleep until the next multiple of `period` on the running loop's clock.
 
-    Scheduled at that instant itself (call_at), not `delay` later (asyncio.sleep):
-    the clock moves between reading it and scheduling, and a timer even a few
-    microseconds past the others could miss their pass."""
+    Every chore due at one instant awaits ONE timer (call_at that instant itself,
+    not `delay` later: the clock moves between reading it and scheduling). A timer
+    each would not do: uvloop starts a timer from a fresh reading of its
+    millisecond clock, so two timers for the same instant, scheduled from moments
+    that straddle a millisecond, land a millisecond apart and wake two passes (a
+    loaded machine showed it: tests/unit/test_ticks.py). A chore cancelled while it
+    waits leaves the shared timer to the others (shield)."""
     loop = asyncio.get_running_loop()
-    future = loop.create_future()
-    handle = loop.call_at(at(period, loop.time()), _wake, future)
-    try:
-        await future
-    finally:
-        handle.cancel()
+    when = at(period, loop.time())
+    key = round(when, 6)
+    instants = _instants.get(loop)
+    if instants is None:
+        instants = _instants[loop] = {}
+    due = instants.get(key)
+    if due is None:
+        due = instants[key] = loop.create_future()
+        loop.call_at(when, _fire, instants, key)
+    await asyncio.shield(due)
 
 
-def _wake(future) -> None:
-    if not future.done():
-        future.set_result(None)
+def _fire(instants: dict, key: float) -> None:
+    due = instants.pop(key, None)
+    if due is not None and not due.done():
+        due.set_result(None)
