@@ -121,11 +121,12 @@ class NativeStack:
         env.update(self._extra_env)
         return env
 
-    def run_local(self, *args: str, check: bool = True, timeout: float | None = None) -> str:
-        """Run scripts/local with this stack's settings; return its output."""
+    def run_local(self, *args: str, check: bool = True, timeout: float | None = None,
+                  env: dict[str, str] | None = None) -> str:
+        """Run scripts/local with this stack's settings (plus `env`); return its output."""
         proc = subprocess.run(
-            [str(LOCAL), *args], env=self._env(), cwd=ROOT, capture_output=True, text=True,
-            timeout=timeout or self.timeout,
+            [str(LOCAL), *args], env={**self._env(), **(env or {})}, cwd=ROOT, capture_output=True, text=True,
+            timeout=timeout or self.timeout, stdin=subprocess.DEVNULL,
         )
         out = proc.stdout + proc.stderr
         if check and proc.returncode != 0:
