@@ -43,6 +43,10 @@ createsuperuser: ## Create a Django superuser (compose): asks, or DJANGO_SUPERUS
 	scripts/compose createsuperuser
 shell: ## Django shell inside the web container
 	scripts/compose shell
+backup: ## pg_dump the database (compose) to BACKUP_DIR/chat-<UTC time>.dump
+	scripts/compose backup
+restore: ## Replace the database with a backup: make restore FILE=backups/chat-....dump (asks; CONFIRM=yes skips)
+	CONFIRM=$(CONFIRM) scripts/compose restore "$(FILE)"
 
 ## --- native stack (no Docker) --------------------------------------------
 deps: ## Install Debian packages and the Python venv
@@ -72,4 +76,4 @@ bench: deps ## WebSocket fan-out benchmark (docs/benchmarks.md)
 bench-tls: deps ## WebSocket connects/s through nginx, wss:// vs ws:// (bench/tls_connects.py)
 	.venv/bin/python -m bench.tls_connects
 
-.PHONY: help up up-monitoring test env build down reset logs ps scale migrate createsuperuser shell certs deps local local-monitoring local-down k8s-render k8s-validate k8s-apply test-faults soak bench bench-tls
+.PHONY: help up up-monitoring test env build down reset logs ps scale migrate createsuperuser shell backup restore certs deps local local-monitoring local-down k8s-render k8s-validate k8s-apply test-faults soak bench bench-tls
