@@ -1,8 +1,9 @@
 """Day two with the stack test_compose_stack.py leaves (up, ws=2): what an operator does next.
 
 Collected after test_compose_stack.py (file name order) and run in file order,
-like it: an admin account, `make down` with clients connected, `make up` with
-new secrets on the old data volume, then `make reset`, which leaves nothing.
+like it: an admin account, a backup and a restore, `make down` with clients
+connected, `make up` with new secrets on the old data volume, then `make reset`,
+which leaves nothing.
 """
 from __future__ import annotations
 
@@ -14,6 +15,9 @@ import urllib.parse
 import urllib.request
 import uuid
 
+from pathlib import Path
+
+from tests.compose.compose_chat import Client
 from tests.compose.composectl import FIGURES, REPO, run, set_env_values
 from tests.compose.downtime import measure
 
@@ -50,6 +54,45 @@ def test_createsuperuser_from_the_environment_can_log_in(project):
     project.script("createsuperuser", timeout=300, DJANGO_SUPERUSER_USERNAME=username,
                    DJANGO_SUPERUSER_EMAIL=f"{username}@example.com", DJANGO_SUPERUSER_PASSWORD=password)
     assert "Site administration" in _admin_login(project, username, password)
+
+
+async def test_backup_then_restore_brings_the_room_back_as_it_was(project, tmp_path):
+    """`make backup` (pg_dump in the db container), two more messages, then `make restore
+    FILE=... CONFIRM=yes` with a client connected: the client gets 1012 (ws drains
+    first), the room's history is the backup's, the next message takes the next id,
+    and as many ws replicas as before serve again.
+    Leaves: the stack up with the same replicas, the data as backed up."""
+    env = {"BACKUP_DIR": str(tmp_path / "backups")}
+    room = _room()
+    writer = await Client(project.ws_url(room)).open()
+    for text in ("kept 1", "kept 2"):
+        await writer.send(text)
+    await writer.wait_messages({"kept 1", "kept 2"})
+    t0 = time.monotonic()
+    backup = Path(project.script("backup", timeout=300, **env).stdout.strip().splitlines()[-1])
+    FIGURES["`make backup` of a small database"] = f"{time.monotonic() - t0:.1f} s"
+    assert backup.parent == tmp_path / "backups" and backup.stat().st_size > 0
+    assert oct(backup.stat().st_mode & 0o777) == oct(0o600)
+    for text in ("lost 3", "lost 4"):
+        await writer.send(text)
+    await writer.wait_messages({"lost 3", "lost 4"})
+    replicas = len(project.container_ids("ws"))
+
+    t0 = time.monotonic()
+    restore = project.script("restore", str(backup), timeout=600, CONFIRM="yes", **env)
+    FIGURES["`make restore` (ws drain, restore, up --wait)"] = f"{time.monotonic() - t0:.1f} s"
+    assert f"restored {backup}" in restore.stdout, restore.stdout + restore.stderr[-3000:]
+    assert await writer.wait_closed(timeout=30) == 1012
+    assert len(project.container_ids("ws")) == replicas
+    reader = await Client(project.ws_url(room)).open()
+    try:
+        assert [m["message"] for m in reader.welcome["history"]] == ["kept 1", "kept 2"]
+        await reader.send("after the restore")
+        new = await reader.wait_messages({"after the restore"})
+        assert [m["id"] for m in new if m["message"] == "after the restore"] == [3]
+    finally:
+        await reader.close()
+    assert list((tmp_path / "backups").glob("chat-before-restore-*.dump")), "no safety backup"
 
 
 async def test_make_down_drains_every_socket_with_1012(project):
