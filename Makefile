@@ -27,6 +27,8 @@ build: env ## Build the app image
 	scripts/compose build
 up-monitoring: env ## make up, plus Prometheus and the exporters (compose profile monitoring)
 	COMPOSE_PROFILES=monitoring scripts/compose up
+deploy: env ## Put a new build into service: migrate, then web and ws roll (no moment without a replica)
+	scripts/compose deploy
 down: ## Stop the compose stack: ws drains first (close 1012), keeps the data
 	scripts/compose down
 reset: ## Stop and DELETE the data volumes (asks; CONFIRM=yes skips, RESET_ENV=yes also deletes .env)
@@ -76,4 +78,4 @@ bench: deps ## WebSocket fan-out benchmark (docs/benchmarks.md)
 bench-tls: deps ## WebSocket connects/s through nginx, wss:// vs ws:// (bench/tls_connects.py)
 	.venv/bin/python -m bench.tls_connects
 
-.PHONY: help up up-monitoring test env build down reset logs ps scale migrate createsuperuser shell backup restore certs deps local local-monitoring local-down k8s-render k8s-validate k8s-apply test-faults soak bench bench-tls
+.PHONY: help up up-monitoring test env build deploy down reset logs ps scale migrate createsuperuser shell backup restore certs deps local local-monitoring local-down k8s-render k8s-validate k8s-apply test-faults soak bench bench-tls
