@@ -1,13 +1,16 @@
 """Day two with the stack test_compose_stack.py leaves (up, ws=2): what an operator does next.
 
 Collected after test_compose_stack.py (file name order) and run in file order,
-like it: an admin account, a backup and a restore, `make down` with clients
-connected, `make up` with new secrets on the old data volume, then `make reset`,
+like it: an admin account, a backup and a restore, a rolling deploy, `make down`
+with clients connected, `make up` with new secrets on the old data volume, then `make reset`,
 which leaves nothing.
 """
 from __future__ import annotations
 
+import asyncio
+import collections
 import http.cookiejar
+import urllib.error
 import os
 import re
 import time
@@ -93,6 +96,71 @@ async def test_backup_then_restore_brings_the_room_back_as_it_was(project, tmp_p
     finally:
         await reader.close()
     assert list((tmp_path / "backups").glob("chat-before-restore-*.dump")), "no safety backup"
+
+
+def _status(url: str) -> str:
+    try:
+        with urllib.request.urlopen(url, timeout=5) as resp:
+            return str(resp.status)
+    except urllib.error.HTTPError as exc:
+        return str(exc.code)
+    except OSError as exc:
+        return type(exc).__name__
+
+
+async def test_deploy_rolls_web_and_ws_without_a_moment_down(project):
+    """`make deploy` with sockets open while clients keep asking: every web request
+    through nginx answers 200 and every new socket opens, all along; each socket open
+    before gets 1012 once and, resuming with ?after=, misses nothing; web and ws run
+    in new containers, as many as before.
+    Leaves: the stack up, web and ws in new containers."""
+    room = _room()
+    web_before, ws_before = set(project.container_ids("web")), set(project.container_ids("ws"))
+    clients = [await Client(project.ws_url(room)).open() for _ in range(20)]
+    closes = [asyncio.ensure_future(c.wait_closed(timeout=300)) for c in clients]
+    seen: collections.Counter = collections.Counter()
+    done = asyncio.Event()
+
+    async def ask_web():
+        while not done.is_set():
+            seen["web " + await asyncio.to_thread(_status, f"{project.base_url()}/healthz")] += 1
+            await asyncio.sleep(0.1)  # pacing: about 10 requests a second
+
+    async def open_sockets():
+        while not done.is_set():
+            try:
+                probe = await Client(project.ws_url(room)).open(timeout=5)
+                await probe.close()
+                seen["ws welcomed"] += 1
+            except Exception as exc:  # noqa: BLE001 (any failure is what the test reports)
+                seen[f"ws {type(exc).__name__}: {exc}"] += 1
+            await asyncio.sleep(0.1)
+
+    askers = [asyncio.ensure_future(ask_web()), asyncio.ensure_future(open_sockets())]
+    t0 = time.monotonic()
+    try:
+        proc = await asyncio.to_thread(project.script, "deploy", timeout=900, check=False)
+    finally:
+        done.set()
+        await asyncio.gather(*askers)
+    FIGURES["`make deploy` (build, migrate, roll web and ws)"] = f"{time.monotonic() - t0:.1f} s"
+    assert proc.returncode == 0, proc.stdout[-3000:] + proc.stderr[-3000:]
+    assert set(seen) == {"web 200", "ws welcomed"}, seen
+    assert seen["web 200"] >= 20 and seen["ws welcomed"] >= 10, seen
+    assert collections.Counter(await asyncio.gather(*closes)) == {1012: len(clients)}
+
+    web_after, ws_after = set(project.container_ids("web")), set(project.container_ids("ws"))
+    assert len(web_after) == len(web_before) and not web_after & web_before
+    assert len(ws_after) == len(ws_before) and not ws_after & ws_before
+
+    writer = await Client(project.ws_url(room)).open()
+    await writer.send("after the deploy")
+    await writer.wait_messages({"after the deploy"})
+    await writer.close()
+    for old in clients:
+        resumed = await Client(project.ws_url(room, after=old.last_id)).open()
+        await resumed.close()
+        assert [m["message"] for m in resumed.welcome["history"]] == ["after the deploy"]
 
 
 async def test_make_down_drains_every_socket_with_1012(project):
