@@ -39,7 +39,7 @@ backup_create() {
   partial="$file.partial"
   # Written under another name and renamed once checked: a failed or interrupted
   # dump never looks like a backup.
-  if ! ( umask 077; db_sh 'exec pg_dump --format=custom --username="$POSTGRES_USER" --dbname="$POSTGRES_DB"' > "$partial" ); then
+  if ! ( umask 077; db_sh 'exec pg_dump --format=custom --lock-wait-timeout=30s --username="$POSTGRES_USER" --dbname="$POSTGRES_DB"' > "$partial" ); then
     rm -f -- "$partial"
     die "backup: pg_dump failed (is the database up? its error is above); no backup written"
   fi
