@@ -13,8 +13,10 @@ from urllib.parse import parse_qs
 from channels.auth import AuthMiddleware
 from channels.db import database_sync_to_async
 from django.conf import settings
+from django.contrib.auth import BACKEND_SESSION_KEY, HASH_SESSION_KEY, SESSION_KEY, get_user_model, load_backend
 from django.contrib.auth.models import AnonymousUser
 from django.http import parse_cookie
+from django.utils.crypto import constant_time_compare
 
 from . import tokens
 
@@ -105,6 +107,45 @@ class SessionAuthMiddleware(AuthMiddleware):
         self.populate_scope(scope)
         await self.resolve_scope(scope)
         return await self.inner(scope, receive, send)
+
+    async def resolve_scope(self, scope):
+        scope["user"]._wrapped = await session_user(scope["session"])
+
+
+@database_sync_to_async
+def session_user(session):
+    """The session's user, as django.contrib.auth.get_user finds it, for a WebSocket.
+
+    Why not channels.auth.get_user: it checks the session's hash against
+    SECRET_KEY only and flushes (deletes) the session when that fails. Right
+    after a key rotation (DJANGO_SECRET_KEY_FALLBACKS) every session's hash was
+    made with the old key, so a browser's first reconnect would log its user out
+    everywhere. Django's get_user accepts a hash made with a fallback key, as
+    here. It then also cycles the session key; a WebSocket cannot hand the
+    browser a new cookie, so here the session keeps its key and only its hash
+    is renewed (the next HTTP request needs no fallback). A hash that matches no
+    key flushes the session, as both do.
+    """
+    try:
+        user_id = get_user_model()._meta.pk.to_python(session[SESSION_KEY])
+        backend_path = session[BACKEND_SESSION_KEY]
+    except KeyError:
+        return AnonymousUser()
+    if backend_path not in settings.AUTHENTICATION_BACKENDS:
+        return AnonymousUser()
+    user = load_backend(backend_path).get_user(user_id)
+    if user is None or not hasattr(user, "get_session_auth_hash"):
+        return user or AnonymousUser()
+    stored = session.get(HASH_SESSION_KEY)
+    current = user.get_session_auth_hash()
+    if stored and constant_time_compare(stored, current):
+        return user
+    if stored and any(constant_time_compare(stored, old) for old in user.get_session_auth_fallback_hash()):
+        session[HASH_SESSION_KEY] = current
+        session.save()
+        return user
+    session.flush()
+    return AnonymousUser()
 
 
 def _cookies(headers) -> dict:

@@ -84,6 +84,50 @@ async def test_session_user_allowed_when_anonymous_disallowed(settings, session_
     await client.close()
 
 
+async def _session(key):
+    from channels.db import database_sync_to_async
+    from django.contrib.sessions.models import Session
+
+    row = await database_sync_to_async(Session.objects.filter(session_key=key).first)()
+    return row.get_decoded() if row is not None else None
+
+
+async def test_a_session_signed_with_a_fallback_key_stays_logged_in(settings, alice, session_cookie):
+    """DJANGO_SECRET_KEY rotated with the old key in DJANGO_SECRET_KEY_FALLBACKS: the
+    browser's socket is still alice's, and its cookie still names the session (a socket
+    cannot hand the browser a new one), now with a hash under the new key.
+    channels' own get_user checks SECRET_KEY alone and would delete the session."""
+    from django.contrib.auth import HASH_SESSION_KEY
+
+    old = settings.SECRET_KEY
+    settings.SECRET_KEY, settings.SECRET_KEY_FALLBACKS = "rotated-" + old, [old]
+    cookie = [(b"cookie", f"sessionid={session_cookie}".encode())]
+    client, frame = await welcome("/ws/chat/lobby/", headers=cookie)
+    await client.close()
+    assert frame["user"] == "alice"
+    session = await _session(session_cookie)
+    assert session is not None, "the session was deleted: the user is logged out everywhere"
+    assert session[HASH_SESSION_KEY] == alice.get_session_auth_hash()  # under the new key
+    settings.SECRET_KEY_FALLBACKS = []  # the old key retired: the renewed hash still holds
+    client, frame = await welcome("/ws/chat/lobby/", headers=cookie)
+    await client.close()
+    assert frame["user"] == "alice"
+
+
+async def test_a_session_signed_with_an_unknown_key_is_logged_out(settings, alice, session_cookie):
+    """A key rotated WITHOUT the fallback (e.g. after a leak): the session's data,
+    signed with the old key, no longer reads, so the socket is anonymous, as the
+    user is over HTTP."""
+    from django.contrib.auth import SESSION_KEY
+
+    settings.SECRET_KEY = "rotated-" + settings.SECRET_KEY
+    cookie = [(b"cookie", f"sessionid={session_cookie}".encode())]
+    client, frame = await welcome("/ws/chat/lobby/", headers=cookie)
+    await client.close()
+    assert frame["user"] != "alice"
+    assert SESSION_KEY not in (await _session(session_cookie) or {})
+
+
 async def test_token_use_is_recorded(alice):
     from channels.db import database_sync_to_async
 
