@@ -18,6 +18,9 @@ env = environ.Env()
 # --- core -------------------------------------------------------------------
 DEBUG = env.bool("DEBUG", default=False)
 SECRET_KEY = env.str("DJANGO_SECRET_KEY", default="")
+# Earlier keys, still accepted for what they signed (sessions, password reset links)
+# while DJANGO_SECRET_KEY is rotated: docs/security.md.
+SECRET_KEY_FALLBACKS = [k.strip() for k in env.list("DJANGO_SECRET_KEY_FALLBACKS", default=[]) if k.strip()]
 if not SECRET_KEY:
     if not DEBUG:
         raise ImproperlyConfigured(

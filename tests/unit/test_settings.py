@@ -47,6 +47,15 @@ def test_check_deploy_passes_with_tls():
     assert result.returncode == 0, result.stdout + result.stderr
 
 
+def test_secret_key_fallbacks_are_a_comma_separated_list():
+    code = "from django.conf import settings; print(settings.SECRET_KEY_FALLBACKS)"
+    listed = _manage("shell", "-c", code, DJANGO_SECRET_KEY_FALLBACKS=" old-one , old-two ,")
+    unset = _manage("shell", "-c", code, DJANGO_SECRET_KEY_FALLBACKS="")
+    assert listed.returncode == 0 and unset.returncode == 0, listed.stderr + unset.stderr
+    assert listed.stdout.strip().splitlines()[-1] == "['old-one', 'old-two']"
+    assert unset.stdout.strip().splitlines()[-1] == "[]"
+
+
 def test_redis_password_is_url_quoted():
     code = "from django.conf import settings; print(settings.REDIS_URL)"
     result = _manage("shell", "-c", code, REDIS_PASSWORD="p@ss:/word", REDIS_URL=None)
