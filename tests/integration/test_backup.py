@@ -64,7 +64,7 @@ async def test_restore_brings_back_the_rooms_as_they_were_backed_up(native_stack
 
     out = native_stack.run_local("restore", str(backup), env={**env, "CONFIRM": "yes"})
     assert f"restored {backup}" in out, out
-    safety = _path_after(out, "restore: the current data first goes to ")
+    safety = _path_after(out, "restore: the current data first went to ")
     assert safety.name.startswith("chat-before-restore-") and "lost 4" in _dump_text(safety)
 
     # The app was restarted around the restore: no worker keeps the lost messages.
@@ -108,6 +108,24 @@ async def test_a_truncated_backup_rolls_back_whole(native_stack, tmp_path):
     assert "was rolled back: the data is as before" in str(failed.value)
     assert await _history(native_stack, room) == (["before the bad restore"], 1)
     assert await _post(native_stack, room, "and after it") == [2]
+
+
+async def test_a_restore_whose_safety_backup_fails_changes_nothing(native_stack, tmp_path):
+    """The current data must be saved before it is replaced: when BACKUP_DIR cannot be
+    made, the restore stops there, exit 1 naming the setting, the app untouched."""
+    room = new_room("nosafety")
+    await _post(native_stack, room, "kept")
+    backup = Path(native_stack.run_local("backup", env={"BACKUP_DIR": str(tmp_path / "ok")}).strip().splitlines()[-1])
+    await _post(native_stack, room, "also kept")
+    blocked = tmp_path / "a-file"
+    blocked.write_text("not a directory")
+    workers = {i: native_stack.pid("ws", i) for i in (1, 2)}
+    with pytest.raises(StackError) as failed:
+        native_stack.run_local("restore", str(backup), env={"BACKUP_DIR": str(blocked / "sub"), "CONFIRM": "yes"})
+    assert f"BACKUP_DIR={blocked / 'sub'}: cannot create it" in str(failed.value)
+    assert "restored" not in str(failed.value)
+    assert {i: native_stack.pid("ws", i) for i in (1, 2)} == workers
+    assert await _history(native_stack, room) == (["kept", "also kept"], 2)
 
 
 def test_restore_without_a_terminal_or_confirm_changes_nothing(native_stack, tmp_path):
