@@ -27,7 +27,7 @@ build: env ## Build the app image
 	scripts/compose build
 up-monitoring: env ## make up, plus Prometheus and the exporters (compose profile monitoring)
 	COMPOSE_PROFILES=monitoring scripts/compose up
-deploy: env ## Put a new build into service: migrate, then web and ws roll (no moment without a replica)
+deploy: ## Put a new build into service: migrate, then web and ws roll (no moment without a replica)
 	scripts/compose deploy
 down: ## Stop the compose stack: ws drains first (close 1012), keeps the data
 	scripts/compose down
