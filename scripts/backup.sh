@@ -11,13 +11,15 @@
 #   backup_create NAME  -> prints the path of BACKUP_DIR/NAME-<UTC time>.dump
 #   backup_check FILE   -> fails unless FILE is a pg_dump custom-format archive
 #   backup_restore FILE -> the database becomes FILE's, in ONE transaction
+#   backup_restore_app FILE STOP START -> the whole `restore` command: check, ask, a
+#                          safety dump, STOP the app, restore, START it, report
 #
 # Files: pg_dump's custom format (compressed, restorable by any pg_restore of
 # the same major version or later), mode 0600 in a 0700 directory: a dump holds
 # password and token hashes and every message.
 
 backup_dir() {
-  local dir=${BACKUP_DIR:-backups}
+  local dir=${BACKUP_DIR:?BACKUP_DIR is not set (.env.example)}
   [[ $dir = /* ]] || dir="$root/$dir"
   ( umask 077; mkdir -p "$dir" ) || die "BACKUP_DIR=$dir: cannot create it"
   echo "$dir"
@@ -70,6 +72,24 @@ set -o pipefail
 
 backup_restore() {
   db_sh "$_BACKUP_RESTORE_SCRIPT" < "$1"
+}
+
+# The order is the point: nothing is touched until the file checks out, the operator
+# said yes and the current data is saved; the app stops before the restore (no write
+# lands between it and the restart, and no worker keeps a room's messages or ids from
+# before it: ws drains, close 1012) and starts again after it, whether it worked or not.
+backup_restore_app() {
+  local file=$1 stop=$2 start=$3 safety failed=0
+  backup_check "$file"
+  backup_confirm_restore "$file"
+  # A plain assignment, so a failed safety backup stops the restore (set -e).
+  safety=$(backup_create chat-before-restore)
+  echo "restore: the current data first went to $safety"
+  "$stop"
+  backup_restore "$file" || failed=1
+  "$start"
+  [ "$failed" = 0 ] || die "restore of $file failed (its error is above) and was rolled back: the data is as before"
+  echo "restored $file"
 }
 
 # Restore asks first: it replaces every message and user.
